@@ -1,0 +1,171 @@
+"""Config: RecBole's Config that also knows the plugin's models and property files.
+
+Differences from ``recbole.config.Config`` (each for a reason a RecBole user would otherwise trip on):
+
+* models are looked up in the plugin first (``CKF``), then in RecBole, with a clear error naming the closest
+  known models (:mod:`recbole_ckf.registry`);
+* after RecBole's own property files, the plugin's are loaded, lowest priority first:
+  ``properties/overall.yaml`` < ``properties/model_type/<type>.yaml`` < ``properties/dataset/<name>.yaml``
+  < ``properties/<model>.yaml``; the user's config files, ``config_dict`` and command line still override them;
+* command-line overrides are passed in explicitly (``cmd_args``) instead of being read from ``sys.argv``, so
+  that the Config can be built under pytest or inside another program;
+* data sets are found in the project's ``dataset/`` folder unless ``data_path`` is given (``ml-100k`` comes
+  from RecBole's wheel, as in RecBole);
+* devices are left to Accelerate: RecBole's Config would set ``CUDA_VISIBLE_DEVICES`` and start its own
+  distributed group from ``local_rank``;
+* user mistakes (missing or malformed yaml, unknown model or data set, out-of-range values) raise
+  :class:`~recbole_ckf.errors.CKFError` with one line.
+"""
+
+import os
+
+import yaml
+from recbole.config import Config as RecBoleConfig
+from recbole.utils import ModelType
+
+from recbole_ckf.errors import CKFError
+from recbole_ckf.registry import get_model
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROPERTIES_DIR = os.path.join(PROJECT_ROOT, "properties")
+DATASET_DIR = os.path.join(PROJECT_ROOT, "dataset")
+
+_MODEL_TYPE_FILES = {
+    ModelType.GENERAL: "general.yaml",
+    ModelType.SEQUENTIAL: "sequential.yaml",
+    ModelType.CONTEXT: "context.yaml",
+    ModelType.DECISIONTREE: "context.yaml",
+}
+
+# (key, predicate, what is expected): checked on the final config
+_RANGE_CHECKS = (
+    ("epochs", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    ("train_batch_size", lambda v: isinstance(v, int) and v > 0, "an integer > 0"),
+    ("eval_batch_size", lambda v: isinstance(v, int) and v > 0, "an integer > 0"),
+    ("learning_rate", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
+    ("stopping_step", lambda v: isinstance(v, int) and v > 0, "an integer > 0"),
+    ("eval_step", lambda v: isinstance(v, int) and v > 0, "an integer > 0"),
+    ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+)
+
+
+def read_yaml(path, loader=yaml.FullLoader):
+    """Read one yaml property file as a dict, or raise a one-line CKFError naming the file."""
+    if not os.path.isfile(path):
+        raise CKFError(f"config file '{path}' not found")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            content = yaml.load(f.read(), Loader=loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise CKFError(f"config file '{path}' is not valid YAML{where}: {problem}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise CKFError(f"config file '{path}' must hold 'key: value' lines, found a {type(content).__name__}")
+    return content
+
+
+class Config(RecBoleConfig):
+    """RecBole's Config, extended with the plugin's models and property files (see the module docstring)."""
+
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None):
+        self._cmd_args = dict(cmd_args or {})
+        try:
+            super().__init__(model, dataset, config_file_list, config_dict)
+        except (NotImplementedError, RuntimeError, TypeError) as err:
+            # RecBole's own checks (unknown metric, mixed metric types, bad topk): a user's config mistake
+            raise CKFError(f"config: {err}") from None
+        self._check_values()
+        self._check_dataset_folder()
+
+    # ---- where values come from -------------------------------------------------------------------
+    def _load_config_files(self, file_list):
+        merged = {}
+        for file in file_list or []:
+            merged.update(read_yaml(file, self.yaml_loader))
+        return merged
+
+    def _load_cmd_line(self):
+        return self._convert_config_dict(dict(self._cmd_args))
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+            if model is None:
+                raise CKFError("no model given: pass --model=NAME (e.g. --model=CKF or --model=BPR)")
+        model_class = get_model(model)
+        if dataset is None:
+            dataset = self.external_config_dict.get("dataset")
+            if dataset is None:
+                raise CKFError("no data set given: pass --dataset=NAME (e.g. --dataset=amazon-instruments)")
+        return model_class.__name__, model_class, dataset
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        self.internal_config_dict["data_path"] = DATASET_DIR
+        files = [
+            os.path.join(PROPERTIES_DIR, "overall.yaml"),
+            os.path.join(PROPERTIES_DIR, "model_type", _MODEL_TYPE_FILES.get(model_class.type, "")),
+            os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml"),
+            os.path.join(PROPERTIES_DIR, f"{model}.yaml"),
+        ]
+        for file in files:
+            if os.path.isfile(file):
+                content = read_yaml(file, self.yaml_loader)
+                self.internal_config_dict.update(content)
+                if os.path.basename(os.path.dirname(file)) == "dataset":
+                    self.parameters["Dataset"] += [k for k in content if k not in self.parameters["Dataset"]]
+
+    def _get_final_config_dict(self):
+        final = super()._get_final_config_dict()
+        if final.get("MODEL_TYPE") in (ModelType.CONTEXT, ModelType.DECISIONTREE):
+            self._set_context_task(final)
+        return final
+
+    @staticmethod
+    def _set_context_task(final):
+        """Context models run in one of two settings on the same split: ``ctr`` (labeled, rating >= threshold)
+        or ``rating`` (the rating itself as label, min-max scaled to [0, 1]; RMSE/MAE are rescaled to 1-5)."""
+        task = final.get("baseline_task", "ctr")
+        if task == "ctr":
+            return
+        if task != "rating":
+            raise CKFError(f"baseline_task: expected 'ctr' or 'rating', got '{task}'")
+        rating = final.get("RATING_FIELD", "rating")
+        final["threshold"] = None
+        final["LABEL_FIELD"] = rating
+        final["normalize_field"] = [rating]
+        final["normalize_all"] = False
+        final["metrics"] = ["RMSE", "MAE"]
+        final["valid_metric"] = "RMSE"
+
+    # ---- devices: Accelerate owns them ----------------------------------------------------------------
+    def _init_device(self):
+        import torch
+
+        gpu_id = self.final_config_dict.get("gpu_id", "")
+        self.final_config_dict["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (list, tuple)) else str(gpu_id)
+        self.final_config_dict["single_spec"] = True
+        self.final_config_dict["local_rank"] = int(os.environ.get("LOCAL_RANK", 0))
+        use_gpu = bool(self.final_config_dict.get("use_gpu", True)) and torch.cuda.is_available()
+        self.final_config_dict["device"] = torch.device("cuda") if use_gpu else torch.device("cpu")
+
+    # ---- checks -------------------------------------------------------------------------------------
+    def _check_values(self):
+        for key, ok, expected in _RANGE_CHECKS:
+            if key in self.final_config_dict and not ok(self.final_config_dict[key]):
+                raise CKFError(f"config key '{key}': expected {expected}, got {self.final_config_dict[key]!r}")
+
+    def _check_dataset_folder(self):
+        path = self.final_config_dict["data_path"]
+        inter = os.path.join(path, f"{self.dataset}.inter")
+        if not os.path.isfile(inter):
+            shipped = sorted(d for d in os.listdir(DATASET_DIR) if os.path.isdir(os.path.join(DATASET_DIR, d)))
+            known = ", ".join(["ml-100k"] + [d for d in shipped if d != "ml-100k"])
+            raise CKFError(
+                f"unknown data set '{self.dataset}': no atomic file '{inter}' (shipped data sets: {known}; "
+                f"for your own data set pass --data_path=FOLDER holding {self.dataset}/{self.dataset}.inter)"
+            )

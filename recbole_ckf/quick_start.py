@@ -1,0 +1,160 @@
+"""Quick start: ``run_recbole_ckf`` runs any model (CKF or a RecBole model) the way ``run_recbole`` does,
+and ``run_comparison`` runs several on the very same split and writes one table.
+
+The flow is RecBole's own (seed, dataset, split, model, trainer.fit, trainer.evaluate) so that a RecBole model
+run through the plugin gives the same numbers as ``recbole.quick_start.run_recbole`` with the same config.
+"""
+
+import datetime
+import json
+import logging
+import os
+import sys
+from logging import getLogger
+
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_trainer, init_logger, init_seed, set_color
+
+from recbole_ckf.config import Config
+from recbole_ckf.data.atomic import validate_atomic_files
+from recbole_ckf.errors import CKFError
+from recbole_ckf.utils import atomic_write_json, atomic_write_text
+
+
+def _trainer_class(config):
+    model_class = config.model_class if hasattr(config, "model_class") else None
+    trainer = getattr(model_class, "trainer_class", None)  # plugin models name their own trainer
+    if trainer is not None:
+        return trainer
+    return get_trainer(config["MODEL_TYPE"], config["model"])
+
+
+def _reset_logging():
+    """RecBole's init_logger uses logging.basicConfig, which does nothing once the root logger has handlers:
+    drop the previous run's handlers so that every run gets its own log file."""
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def load_data(config):
+    """Check the atomic files, build RecBole's dataset and its split (train, valid, test dataloaders)."""
+    validate_atomic_files(config)
+    dataset = create_dataset(config)
+    if dataset.inter_num == 0:
+        raise CKFError(f"data set '{config['dataset']}' is empty after filtering (check val_interval, "
+                       f"user_inter_num_interval and item_inter_num_interval)")
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    return dataset, train_data, valid_data, test_data
+
+
+def _rescale_rating(config, result):
+    """Rating-as-label baselines predict the min-max scaled rating: add RMSE/MAE on the 1-5 scale."""
+    if config["baseline_task"] != "rating" or not result:
+        return result
+    low, high = config["rating_range"] or (1, 5)
+    scaled = dict(result)
+    for key in ("rmse", "mae"):
+        if key in result:
+            scaled[f"{key}_1_5"] = round(float(result[key]) * (high - low), config["metric_decimal_place"])
+    return scaled
+
+
+def run_recbole_ckf(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
+                    cmd_args=None, config=None):
+    """Train and test one model; returns RecBole's result dict
+    (``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``)."""
+    config = config or Config(model, dataset, config_file_list, config_dict, cmd_args)
+    init_seed(config["seed"], config["reproducibility"])
+    _reset_logging()
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    dataset, train_data, valid_data, test_data = load_data(config)
+    logger.info(dataset)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = config.model_class(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    trainer = _trainer_class(config)(config, model)
+
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    best_valid_result = _rescale_rating(config, best_valid_result)
+    test_result = _rescale_rating(config, test_result)
+
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    return {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+    }
+
+
+# ---- comparison of several models on one split ---------------------------------------------------------
+def _plain(value):
+    try:
+        return round(float(value), 4)
+    except (TypeError, ValueError):
+        return value
+
+
+def comparison_table(rows):
+    """A markdown table: one row per model, one column per metric any model reported (test split)."""
+    metrics = []
+    for row in rows:
+        for key in row["test_result"]:
+            if key not in metrics:
+                metrics.append(key)
+    header = "| model | setting | " + " | ".join(metrics) + " |"
+    lines = [header, "|" + "---|" * (len(metrics) + 2)]
+    for row in rows:
+        cells = [str(_plain(row["test_result"].get(m, ""))) if m in row["test_result"] else "" for m in metrics]
+        lines.append(f"| {row['model']} | {row['setting']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_comparison(models, dataset, config_file_list=None, config_dict=None, cmd_args=None, saved=True):
+    """Run every model of ``models`` on the same data set and split; print and write one table.
+
+    Returns ``(rows, paths)``, ``paths`` being the markdown and JSON files written under
+    ``<output_dir>/<dataset>/``.
+    """
+    configs = [Config(m, dataset, config_file_list, config_dict, cmd_args) for m in models]  # fail fast
+    rows = []
+    for config in configs:
+        result = run_recbole_ckf(config=config, saved=saved)
+        setting = config["eval_args"]["mode"]["test"]
+        if config["MODEL_TYPE"].name in ("CONTEXT", "DECISIONTREE"):
+            setting = f"labeled ({config['baseline_task']})"
+        rows.append({
+            "model": config["model"],
+            "setting": setting,
+            "best_valid_result": {k: _plain(v) for k, v in result["best_valid_result"].items()},
+            "test_result": {k: _plain(v) for k, v in result["test_result"].items()},
+        })
+    first = configs[0]
+    table = comparison_table(rows)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = os.path.join(first["output_dir"], first["dataset"])
+    md_path = os.path.join(out_dir, f"comparison-{stamp}.md")
+    json_path = os.path.join(out_dir, f"comparison-{stamp}.json")
+    split = json.dumps(first["eval_args"]["split"])
+    header = (f"# {first['dataset']}: test results\n\nSplit: {split}, order {first['eval_args']['order']}, "
+              f"seed {first['seed']}; every model sees the same train/valid/test interactions.\n\n")
+    try:
+        atomic_write_text(md_path, header + table)
+        atomic_write_json(json_path, {"dataset": first["dataset"], "seed": first["seed"],
+                                      "eval_args": first["eval_args"], "rows": rows})
+    except OSError as err:
+        raise CKFError(f"output_dir: cannot write '{out_dir}': {err.strerror}") from None
+    print(table)
+    print(f"comparison written to {md_path} and {json_path}")
+    return rows, (md_path, json_path)

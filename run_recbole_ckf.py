@@ -1,0 +1,52 @@
+"""Command line of recbole-ckf, with RecBole's flags.
+
+    python run_recbole_ckf.py --model=CKF --dataset=amazon-instruments
+    python run_recbole_ckf.py --model=BPR,LightGCN,SASRec,DeepFM --dataset=ml-100k   # one comparison table
+    python run_recbole_ckf.py --model=BPR --dataset=ml-100k --config_files="a.yaml b.yaml" --epochs=50
+
+Any other ``--key=value`` overrides a config key, as in RecBole.
+"""
+
+import argparse
+import sys
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--model", "-m", type=str, default=None, help="CKF, a RecBole model, or a comma list")
+    parser.add_argument("--dataset", "-d", type=str, default=None, help="data set name")
+    parser.add_argument("--config_files", type=str, default=None, help="space-separated yaml files")
+    args, rest = parser.parse_known_args(argv)
+    overrides = {}
+    for arg in rest:
+        key, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if not key or not sep:
+            raise SystemExit(f"error: unrecognised argument '{arg}' (expected --key=value)")
+        overrides[key] = value
+    return args, overrides
+
+
+def main(argv=None):
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    from recbole_ckf.errors import CKFError
+
+    try:
+        from recbole_ckf.quick_start import run_comparison, run_recbole_ckf
+
+        config_files = args.config_files.strip().split(" ") if args.config_files else None
+        models = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else [None]
+        if len(models) > 1:
+            run_comparison(models, args.dataset, config_files, cmd_args=overrides)
+        else:
+            run_recbole_ckf(models[0], args.dataset, config_files, cmd_args=overrides)
+    except CKFError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
