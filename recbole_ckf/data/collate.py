@@ -1,0 +1,112 @@
+"""Tokenization and collation of task samples: answer-only labels, slot positions, one task per batch.
+
+An encoded sample is ``[bos] prompt answer [eos]``; labels are -100 on the prompt (answer-only loss). A prompt
+that would exceed ``max_length`` drops its oldest history items (never a slot in the middle of the prompt), so
+the slots always match the items given to ``inject_slots``.
+"""
+
+import dataclasses
+import os
+
+import torch
+
+from recbole_ckf.utils import atomic_path, stable_hash
+
+IGNORE = -100
+
+
+@dataclasses.dataclass
+class Encoded:
+    task: str
+    input_ids: list
+    labels: list          # -100 outside the answer
+    prompt_len: int       # tokens before the answer
+    slot_items: list      # item ids of the item slots, in prompt order
+    user: int
+    history: list         # the history actually shown (after any truncation)
+    label: float
+    candidates: list
+    answer: str
+
+
+class Encoder:
+    """Turns :class:`~recbole_ckf.data.tasks.Sample` objects into token ids for one tokenizer."""
+
+    def __init__(self, tokenizer, renderer, max_length, eos_tasks=("explanation", "sequential")):
+        self.tokenizer, self.renderer, self.max_length = tokenizer, renderer, max_length
+        self.eos_tasks = set(eos_tasks)
+
+    def _ids(self, text, special):
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    def encode(self, sample, slotted, with_answer=True):
+        answer_ids = self._ids(self.renderer.answer(sample), False) if with_answer else []
+        if with_answer and sample.task in self.eos_tasks and self.tokenizer.eos_token_id is not None:
+            answer_ids = answer_ids + [self.tokenizer.eos_token_id]
+        while True:
+            prompt, slot_items = self.renderer.render(sample, slotted)
+            prompt_ids = self._ids(prompt, True)
+            if len(prompt_ids) + len(answer_ids) <= self.max_length or not sample.history:
+                break
+            sample = dataclasses.replace(sample, history=sample.history[1:],
+                                         history_ratings=sample.history_ratings[1:] if sample.history_ratings else None)
+        ids = prompt_ids + answer_ids
+        return Encoded(sample.task, ids, [IGNORE] * len(prompt_ids) + answer_ids, len(prompt_ids), slot_items,
+                       sample.user, list(sample.history), sample.label, list(sample.candidates), sample.answer)
+
+    def encode_all(self, samples, slotted, with_answer=True):
+        return [self.encode(s, slotted, with_answer) for s in samples]
+
+
+def cached(cache_dir, key, build):
+    """Load ``build()``'s result from ``<cache_dir>/<key>.pt`` or build and store it atomically."""
+    if not cache_dir:
+        return build()
+    path = os.path.join(cache_dir, f"{key}.pt")
+    if os.path.isfile(path):
+        try:
+            return torch.load(path, weights_only=False)
+        except Exception:  # a damaged cache file is rebuilt, never trusted
+            pass
+    value = build()
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(value, tmp)
+    except OSError:
+        pass  # a read-only cache folder only costs time
+    return value
+
+
+def cache_key(*parts):
+    return stable_hash(parts)
+
+
+def collate(batch, pad_id, max_history):
+    """Pad a list of :class:`Encoded` of one task into tensors (right padding)."""
+    n = max(len(e.input_ids) for e in batch)
+    input_ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), n), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(batch), n), dtype=torch.long)
+    hist = torch.zeros((len(batch), max(1, max_history)), dtype=torch.long)
+    hist_mask = torch.zeros_like(hist, dtype=torch.bool)
+    for b, e in enumerate(batch):
+        k = len(e.input_ids)
+        input_ids[b, :k] = torch.tensor(e.input_ids)
+        labels[b, :k] = torch.tensor(e.labels)
+        attention[b, :k] = 1
+        h = e.history[-hist.shape[1]:]
+        if h:
+            hist[b, :len(h)] = torch.tensor(h)
+            hist_mask[b, :len(h)] = True
+    return {
+        "task": batch[0].task,
+        "input_ids": input_ids,
+        "labels": labels,
+        "attention_mask": attention,
+        "prompt_len": torch.tensor([e.prompt_len for e in batch]),
+        "slot_items": torch.tensor([i for e in batch for i in e.slot_items], dtype=torch.long),
+        "users": torch.tensor([e.user for e in batch], dtype=torch.long),
+        "history": hist,
+        "history_mask": hist_mask,
+        "label": torch.tensor([e.label for e in batch], dtype=torch.float),
+    }

@@ -1,0 +1,150 @@
+r"""CKF
+################################################
+Reference:
+    Zhao et al. "Collaborative Knowledge Fusion: A Novel Method for Multi-task Recommender Systems via LLMs."
+    arXiv 2410.20642, TKDE 2025.
+
+A frozen RecBole CF backbone gives e_u and e_v; a meta-network maps each user's embedding through a
+personalised W_u built from the pooled history p_u; the results fill the user/item slots of task prompts
+fed to a frozen LLM tuned with one shared plus one task-specific LoRA adapter per task.
+
+Unlike the authors' code: every sample of a batch gets its embeddings (one vectorised injection), the task
+adapters are active and trained, the bridge is saved with the adapters, scoring is deterministic (no
+sampling), and unparseable answers cannot occur (answers are scored over fixed token sets).
+"""
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import GeneralRecommender
+from recbole.utils import InputType, ModelType
+
+from recbole_ckf.data.fields import available_tasks
+from recbole_ckf.data.item_text import build_item_texts, token_text
+from recbole_ckf.data.fields import resolve_text_fields
+from recbole_ckf.data.templates import PromptRenderer
+from recbole_ckf.model.llm import ITEM_TOKEN, TINY_LABEL, USER_TOKEN, answer_token_ids, load_llm
+from recbole_ckf.model.meta_network import MetaNetworkBridge, inject_slots
+from recbole_ckf.model.multi_lora import activate, attach_multi_lora, trainable_lora_parameters
+
+
+class CKF(GeneralRecommender):
+    r"""CKF as a RecBole model. A general model (pairwise input), so RecBole's ``data_preparation`` gives it the
+    very train loader and ``uniN`` evaluation loaders that BPR/LightGCN get; the backbone trains on them."""
+
+    input_type = InputType.PAIRWISE
+    type = ModelType.GENERAL
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.tasks, self.unavailable_tasks = available_tasks(config)
+        self.use_cf = config["use_cf"]
+        # item descriptions from the training split only (``dataset`` here is the training split)
+        self.item_texts, self.item_text_note = build_item_texts(config, dataset, dataset)
+
+        llm = load_llm(config["llm"], config["llm_cache_dir"], texts=self._corpus(config, dataset), seed=config["seed"])
+        self.llm_name = TINY_LABEL if llm.is_tiny else llm.name
+        self.tokenizer = llm.tokenizer
+        self.user_token_id, self.item_token_id = llm.user_token_id, llm.item_token_id
+        self.hidden_size = llm.hidden_size
+        self.llm = attach_multi_lora(
+            llm.model, self.tasks, r_shared=config["lora_r_shared"], r_task=config["lora_r_task"],
+            alpha=config["lora_alpha"], dropout=config["lora_dropout"],
+            target_modules=list(config["lora_target_modules"]), multi_lora=config["multi_lora"])
+        self.renderer = PromptRenderer(config["prompt_templates"], self.item_texts, USER_TOKEN, ITEM_TOKEN)
+        self.answer_ids = {
+            "ctr": answer_token_ids(self.tokenizer, ["Yes", "No"]),
+            "rating": answer_token_ids(self.tokenizer, ["1", "2", "3", "4", "5"]),
+        }
+        self.embed_norm = float(self.llm.get_input_embeddings().weight.norm(dim=-1).mean()) * self._embed_scale()
+        # The frozen CF tables e_u / e_v and the bridge are created by set_cf_tables (their size d comes
+        # from the backbone).
+        self.bridge = None
+        self.register_buffer("user_table", torch.zeros(0), persistent=True)
+        self.register_buffer("item_table", torch.zeros(0), persistent=True)
+
+    # ---- construction helpers ------------------------------------------------------------------------
+    @staticmethod
+    def _corpus(config, dataset):
+        """Training-split text for the tiny test tokenizer (templates, item texts, headlines)."""
+        texts, _ = build_item_texts(config, dataset, dataset)
+        corpus = list(config["prompt_templates"].values()) + [str(t) for t in texts[1:]]
+        fields = resolve_text_fields(config)
+        if "summary" in fields:
+            corpus += token_text(dataset, fields["summary"][1], dataset.inter_feat[fields["summary"][1]].numpy())
+        return corpus + ["Yes", "No", "1 2 3 4 5 stars"]
+
+    def _embed_scale(self):
+        scale = getattr(self.llm.get_input_embeddings(), "embed_scale", None)  # Gemma scales by sqrt(H)
+        return float(scale) if scale is not None else 1.0
+
+    def set_cf_tables(self, user_emb, item_emb):
+        """Install the frozen backbone tables e_u / e_v and build the bridge for their dimension d."""
+        d = user_emb.shape[1]
+        self.user_table = user_emb.detach().float().to(self.device if self.user_table.numel() == 0 else self.user_table.device)
+        self.item_table = item_emb.detach().float().to(self.user_table.device)
+        if self.bridge is None or self.bridge.d != d:
+            self.bridge = MetaNetworkBridge(
+                d, self.hidden_size, pooling=self.config["pooling"], meta_network=self.config["meta_network"],
+                token_norm=self.embed_norm).to(self.user_table.device)
+
+    def trainable_parameters(self):
+        """(LoRA parameters, bridge parameters): the only parameters CKF trains."""
+        bridge = list(self.bridge.parameters()) if (self.bridge is not None and self.use_cf) else []
+        return trainable_lora_parameters(self.llm), bridge
+
+    # ---- forward -------------------------------------------------------------------------------------
+    def input_embeddings(self, batch, slotted):
+        """``inputs_embeds`` of a batch; slotted prompts get h_u / h_v at their slots (one vectorised step)."""
+        ids = batch["input_ids"]
+        embeds = self.llm.get_input_embeddings()(ids)
+        if not slotted:
+            return embeds
+        e_u = self.user_table[batch["users"]]
+        e_H = self.item_table[batch["history"]]
+        h_u = self.bridge.user_tokens(e_u, e_H, batch["history_mask"])
+        h_v = self.bridge.item_tokens(self.item_table[batch["slot_items"]]) if batch["slot_items"].numel() else None
+        return inject_slots(embeds, ids, self.user_token_id, self.item_token_id, h_u, h_v)
+
+    def hidden_states(self, batch, slotted):
+        """Last hidden states of the decoder (no LM head: logits are computed only where needed)."""
+        activate(self.llm, batch["task"])
+        decoder = self.llm.get_base_model().model
+        out = decoder(inputs_embeds=self.input_embeddings(batch, slotted), attention_mask=batch["attention_mask"])
+        return out.last_hidden_state
+
+    def _logits(self, hidden, rows=None):
+        head = self.llm.get_base_model().lm_head
+        logits = hidden @ head.weight.T if rows is None else hidden @ head.weight[rows].T
+        cap = getattr(self.llm.get_base_model().config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def calculate_loss(self, batch, slotted=True):
+        """Answer-only cross-entropy; logits only at the positions that predict an answer token."""
+        hidden = self.hidden_states(batch, slotted)
+        targets = batch["labels"][:, 1:]
+        where = targets != -100
+        logits = self._logits(hidden[:, :-1][where])
+        return F.cross_entropy(logits.float(), targets[where])
+
+    # ---- scoring (deterministic) ---------------------------------------------------------------------
+    def _last_prompt_hidden(self, batch, slotted):
+        hidden = self.hidden_states(batch, slotted)
+        return hidden[torch.arange(hidden.shape[0]), batch["prompt_len"] - 1]
+
+    @torch.no_grad()
+    def predict_ctr(self, batch, slotted=True):
+        """P(Yes) against P(No) at the answer position."""
+        logits = self._logits(self._last_prompt_hidden(batch, slotted), self.answer_ids["ctr"]).float()
+        return logits.softmax(-1)[:, 0]
+
+    @torch.no_grad()
+    def predict_rating(self, batch, slotted=True):
+        """The expectation of the rating over the probabilities of the five digit tokens."""
+        logits = self._logits(self._last_prompt_hidden(batch, slotted), self.answer_ids["rating"]).float()
+        return logits.softmax(-1) @ torch.arange(1, 6, dtype=torch.float, device=logits.device)
+
+    def predict(self, interaction):
+        raise TypeError("CKF scores prompts, not (user, item) pairs: use recbole_ckf.evaluator.task_eval")
+
+    def full_sort_predict(self, interaction):
+        raise TypeError("CKF ranks RecBole's uniN candidate lists; full-sort ranking is not supported")
