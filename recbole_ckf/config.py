@@ -80,8 +80,17 @@ class Config(RecBoleConfig):
             raise CKFError(f"config: {err}") from None
         self._check_values()
         self._check_dataset_folder()
+        if getattr(self.model_class, "type", None) is not None and self.model == "CKF":
+            from recbole_ckf.data.fields import add_text_columns
+
+            add_text_columns(self)  # CKF reads titles/reviews; baselines never load them
 
     # ---- where values come from -------------------------------------------------------------------
+    def _init_parameters_category(self):
+        super()._init_parameters_category()
+        # RecBole appends a dataset yaml's keys to its module-level argument lists in place; work on copies
+        self.parameters = {k: list(v) for k, v in self.parameters.items()}
+
     def _load_config_files(self, file_list):
         merged = {}
         for file in file_list or []:

@@ -22,10 +22,9 @@ from recbole_ckf.utils import atomic_write_json, atomic_write_text
 
 
 def _trainer_class(config):
-    model_class = config.model_class if hasattr(config, "model_class") else None
-    trainer = getattr(model_class, "trainer_class", None)  # plugin models name their own trainer
-    if trainer is not None:
-        return trainer
+    factory = getattr(config.model_class, "trainer_class", None)  # plugin models name their own trainer
+    if factory is not None:
+        return factory()
     return get_trainer(config["MODEL_TYPE"], config["model"])
 
 
@@ -81,10 +80,19 @@ def run_recbole_ckf(model=None, dataset=None, config_file_list=None, config_dict
     logger.info(model)
     trainer = _trainer_class(config)(config, model)
 
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-    )
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    if config["eval_only"]:
+        # evaluate a saved model without training it (CKF: --checkpoint=DIR --eval_only)
+        if not config["checkpoint"]:
+            raise CKFError("eval_only needs --checkpoint=DIR (a checkpoint folder saved by an earlier run)")
+        if hasattr(trainer, "setup"):
+            trainer.setup(train_data)
+        best_valid_score, best_valid_result = None, {}
+        test_result = trainer.evaluate(test_data, model_file=config["checkpoint"], show_progress=config["show_progress"])
+    else:
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        )
+        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     best_valid_result = _rescale_rating(config, best_valid_result)
     test_result = _rescale_rating(config, test_result)
 

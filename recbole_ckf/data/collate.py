@@ -40,22 +40,32 @@ class Encoder:
         return self.tokenizer(text, add_special_tokens=special)["input_ids"]
 
     def encode(self, sample, slotted, with_answer=True):
-        answer_ids = self._ids(self.renderer.answer(sample), False) if with_answer else []
-        if with_answer and sample.task in self.eos_tasks and self.tokenizer.eos_token_id is not None:
-            answer_ids = answer_ids + [self.tokenizer.eos_token_id]
-        while True:
-            prompt, slot_items = self.renderer.render(sample, slotted)
-            prompt_ids = self._ids(prompt, True)
-            if len(prompt_ids) + len(answer_ids) <= self.max_length or not sample.history:
-                break
-            sample = dataclasses.replace(sample, history=sample.history[1:],
-                                         history_ratings=sample.history_ratings[1:] if sample.history_ratings else None)
-        ids = prompt_ids + answer_ids
-        return Encoded(sample.task, ids, [IGNORE] * len(prompt_ids) + answer_ids, len(prompt_ids), slot_items,
-                       sample.user, list(sample.history), sample.label, list(sample.candidates), sample.answer)
+        return self.encode_all([sample], slotted, with_answer)[0]
+
+    def _answers(self, samples, with_answer):
+        if not with_answer:
+            return [[] for _ in samples]
+        ids = self.tokenizer([self.renderer.answer(s) for s in samples], add_special_tokens=False)["input_ids"]
+        eos = self.tokenizer.eos_token_id
+        return [a + [eos] if (s.task in self.eos_tasks and eos is not None) else a for s, a in zip(samples, ids)]
 
     def encode_all(self, samples, slotted, with_answer=True):
-        return [self.encode(s, slotted, with_answer) for s in samples]
+        """Encode many samples with one batched tokenizer call (the Rust tokenizer works in parallel)."""
+        answers = self._answers(samples, with_answer)
+        rendered = [self.renderer.render(s, slotted) for s in samples]
+        prompts = self.tokenizer([r[0] for r in rendered], add_special_tokens=True)["input_ids"]
+        out = []
+        for sample, (_, slot_items), prompt_ids, answer_ids in zip(samples, rendered, prompts, answers):
+            # too long: drop the oldest history items (rare; re-tokenised one by one)
+            while len(prompt_ids) + len(answer_ids) > self.max_length and sample.history:
+                sample = dataclasses.replace(sample, history=sample.history[1:], history_ratings=(
+                    sample.history_ratings[1:] if sample.history_ratings else None))
+                prompt, slot_items = self.renderer.render(sample, slotted)
+                prompt_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            out.append(Encoded(sample.task, prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids,
+                               len(prompt_ids), slot_items, sample.user, list(sample.history), sample.label,
+                               list(sample.candidates), sample.answer))
+        return out
 
 
 def cached(cache_dir, key, build):

@@ -34,8 +34,15 @@ class CKF(GeneralRecommender):
     input_type = InputType.PAIRWISE
     type = ModelType.GENERAL
 
+    @classmethod
+    def trainer_class(cls):
+        from recbole_ckf.trainer.trainer import CKFTrainer
+
+        return CKFTrainer
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
+        self.config = config
         self.tasks, self.unavailable_tasks = available_tasks(config)
         self.use_cf = config["use_cf"]
         # item descriptions from the training split only (``dataset`` here is the training split)
@@ -117,6 +124,10 @@ class CKF(GeneralRecommender):
         logits = hidden @ head.weight.T if rows is None else hidden @ head.weight[rows].T
         cap = getattr(self.llm.get_base_model().config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
+
+    def forward(self, batch, slotted=True):
+        """The training loss of one task batch (``forward`` so that Accelerate/DDP wrappers see the call)."""
+        return self.calculate_loss(batch, slotted)
 
     def calculate_loss(self, batch, slotted=True):
         """Answer-only cross-entropy; logits only at the positions that predict an answer token."""

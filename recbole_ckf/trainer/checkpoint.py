@@ -1,0 +1,87 @@
+"""CKF checkpoints: only what was trained (LoRA adapters, bridge), the frozen CF tables and the config.
+
+A checkpoint is a small folder written atomically (built next to its target, then renamed), so a reader
+never sees a half-written one::
+
+    <dir>/meta.json           model, data set, user/item counts, tasks, LLM, config
+    <dir>/adapters.pt         LoRA weights of every adapter (shared + per task)
+    <dir>/bridge.pt           meta-network bridge (MetaNet, Proj_user, Proj_item)
+    <dir>/cf_tables.pt        frozen e_u / e_v tables of the backbone
+    <dir>/trainer_state.pt    optional: optimizer, scheduler, epoch, RNG states (for --resume)
+"""
+
+import json
+import os
+
+import torch
+
+from recbole_ckf.errors import CKFError
+from recbole_ckf.model.multi_lora import load_lora_state_dict, lora_state_dict
+from recbole_ckf.utils import atomic_path
+
+FILES = ("meta.json", "adapters.pt", "bridge.pt", "cf_tables.pt")
+_CONFIG_KEYS = ("llm", "tasks", "backbone", "use_cf", "meta_network", "multi_lora", "pooling", "lora_r_shared",
+                "lora_r_task", "lora_alpha", "lora_target_modules", "max_history", "prompt_templates", "seed")
+
+
+def save_checkpoint(model, path, trainer_state=None, extra=None):
+    meta = {
+        "model": "CKF",
+        "dataset": model.config["dataset"],
+        "n_users": int(model.n_users),
+        "n_items": int(model.n_items),
+        "tasks": list(model.tasks),
+        "llm": model.llm_name,
+        "config": {k: model.config[k] for k in _CONFIG_KEYS if k in model.config},
+        **(extra or {}),
+    }
+    with atomic_path(path) as tmp:
+        os.makedirs(tmp)
+        torch.save(lora_state_dict(model.llm), os.path.join(tmp, "adapters.pt"))
+        torch.save(model.bridge.state_dict(), os.path.join(tmp, "bridge.pt"))
+        torch.save({"user": model.user_table.cpu(), "item": model.item_table.cpu()}, os.path.join(tmp, "cf_tables.pt"))
+        if trainer_state is not None:
+            torch.save(trainer_state, os.path.join(tmp, "trainer_state.pt"))
+        with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, default=str)
+
+
+def read_meta(path):
+    if not os.path.isdir(path):
+        raise CKFError(f"checkpoint '{path}' is not a folder (expected a CKF checkpoint folder)")
+    missing = [f for f in FILES if not os.path.isfile(os.path.join(path, f))]
+    if missing:
+        raise CKFError(f"checkpoint '{path}' is incomplete or corrupt: '{missing[0]}' is missing")
+    try:
+        with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as err:
+        raise CKFError(f"checkpoint '{path}': meta.json is unreadable ({err})") from None
+
+
+def _load(path, name):
+    try:
+        return torch.load(os.path.join(path, name), map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated or foreign file
+        raise CKFError(f"checkpoint '{path}': '{name}' is corrupt ({type(err).__name__})") from None
+
+
+def load_checkpoint(model, path):
+    """Load a checkpoint into ``model`` (built for the same data set); returns the trainer state or None."""
+    meta = read_meta(path)
+    if (meta.get("n_users"), meta.get("n_items")) != (int(model.n_users), int(model.n_items)):
+        raise CKFError(
+            f"checkpoint '{path}' was trained on data set '{meta.get('dataset')}' with {meta.get('n_users')} users "
+            f"and {meta.get('n_items')} items, but '{model.config['dataset']}' has {model.n_users} users and "
+            f"{model.n_items} items")
+    if sorted(meta.get("tasks", [])) != sorted(model.tasks):
+        raise CKFError(f"checkpoint '{path}' has tasks {meta.get('tasks')}, the config asks for {model.tasks}")
+    tables = _load(path, "cf_tables.pt")
+    model.set_cf_tables(tables["user"], tables["item"])
+    try:
+        model.bridge.load_state_dict(_load(path, "bridge.pt"))
+        load_lora_state_dict(model.llm, _load(path, "adapters.pt"))
+    except (RuntimeError, ValueError) as err:
+        raise CKFError(f"checkpoint '{path}' does not fit this model configuration: {str(err).splitlines()[0]}") from None
+    state = os.path.join(path, "trainer_state.pt")
+    return _load(path, "trainer_state.pt") if os.path.isfile(state) else None
