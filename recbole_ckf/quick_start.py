@@ -136,6 +136,11 @@ def run_comparison(models, dataset, config_file_list=None, config_dict=None, cmd
     ``<output_dir>/<dataset>/``.
     """
     configs = [Config(m, dataset, config_file_list, config_dict, cmd_args) for m in models]  # fail fast
+    out_dir = os.path.join(configs[0]["output_dir"], configs[0]["dataset"])
+    try:  # before any training: an unwritable output_dir should not cost the runs
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as err:
+        raise CKFError(f"output_dir: cannot write '{out_dir}': {err.strerror}") from None
     rows = []
     for config in configs:
         result = run_recbole_ckf(config=config, saved=saved)

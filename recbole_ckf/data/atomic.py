@@ -32,11 +32,28 @@ def read_header(path, sep="\t"):
     return columns
 
 
+def _check_split_fields(config, path, columns, wanted):
+    """The fields RecBole's split and labels read must be loaded (RecBole fails deep inside otherwise)."""
+    needed = []
+    if (config["eval_args"] or {}).get("order") == "TO" and config["TIME_FIELD"]:
+        needed.append((config["TIME_FIELD"], "eval_args.order TO sorts by the time field"))
+    threshold = config["threshold"]
+    for field in threshold if isinstance(threshold, dict) else ():
+        needed.append((field, "threshold labels interactions by the field"))
+    for field, why in needed:
+        if field not in wanted:
+            problem = "load_col.inter does not load it" if field in columns else "the file has no such column"
+            raise CKFError(
+                f"atomic file '{path}': {why} '{field}', but {problem} (the header has: {', '.join(columns)}; "
+                f"add it to load_col.inter or change eval_args.order / threshold)"
+            )
+
+
 def validate_atomic_files(config):
     """Check the header, the columns asked for in ``load_col`` and the numeric columns of each atomic file."""
     folder, name = config["data_path"], config["dataset"]
     sep = config["field_separator"] or "\t"
-    load_col = config["load_col"] or {}
+    load_col = config["load_col"]  # None: RecBole loads every column of every file
     suffixes = ["inter", "user", "item"] + list(config["additional_feat_suffix"] or [])
     for suffix in suffixes:
         path = os.path.join(folder, f"{name}.{suffix}")
@@ -53,6 +70,7 @@ def validate_atomic_files(config):
             for key in ("USER_ID_FIELD", "ITEM_ID_FIELD"):
                 if config[key] and config[key] not in wanted:
                     wanted.append(config[key])
+            _check_split_fields(config, path, columns, wanted)
         missing = [c for c in wanted if c not in columns]
         if missing:
             raise CKFError(
