@@ -11,8 +11,17 @@ import argparse
 import sys
 
 
+class UsageError(Exception):
+    """A malformed command line: printed as one ``error:`` line, exit status 2 (as for every user mistake)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print its usage block and exit itself
+        raise UsageError(message)
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = _Parser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--model", "-m", type=str, default=None, help="CKF, a RecBole model, or a comma list")
     parser.add_argument("--dataset", "-d", type=str, default=None, help="data set name")
     parser.add_argument("--config_files", type=str, default=None, help="space-separated yaml files")
@@ -21,13 +30,17 @@ def parse_args(argv):
     for arg in rest:
         key, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
         if not key or not sep:
-            raise SystemExit(f"error: unrecognised argument '{arg}' (expected --key=value)")
+            raise UsageError(f"unrecognised argument '{arg}' (expected --key=value)")
         overrides[key] = value
     return args, overrides
 
 
 def main(argv=None):
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as err:
+        print(f"error: {err} (see --help)", file=sys.stderr)
+        return 2
     from recbole_ckf.errors import CKFError
 
     try:
