@@ -75,8 +75,10 @@ class PromptRenderer:
         return prompt, items
 
     def answer(self, sample):
-        """The answer text the LM learns, with its leading space (see ``llm.answer_token_ids``)."""
-        return " " + sample.answer
+        """The answer text the LM learns. No leading space: templates end with "Answer:\n", so that the answer
+        tokens are the same whether tokenised alone or after the prompt (Gemma's digits are one token only
+        without a space; see ``llm.answer_token_ids``)."""
+        return sample.answer
 
 
 def normalise_space(text):
