@@ -1,0 +1,209 @@
+"""Deterministic evaluation of the four tasks (recbole_ckf.evaluator.task_eval) with the tiny test LM.
+
+One CKF model (tiny LM, random CF tables instead of a trained backbone) on amazon-instruments, 16 test users
+chosen to mix warm/cold users and liked/disliked items.
+"""
+
+import dataclasses
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+import recbole_ckf  # noqa: F401  (compatibility fixes before recbole)
+from recbole_ckf.evaluator import task_eval
+from recbole_ckf.evaluator.task_eval import (
+    evaluate_tasks,
+    format_results,
+    generate_explanations,
+    predict_points,
+    ranking_scores,
+    score_candidates,
+    score_candidates_naive,
+)
+
+COLD = 5
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from recbole.utils import init_seed
+
+    from recbole_ckf.config import Config
+    from recbole_ckf.data.collate import Encoder
+    from recbole_ckf.data.tasks import TaskBuilder, candidate_lists
+    from recbole_ckf.quick_start import load_data
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["pytest"])
+        mp.chdir(tmp_path_factory.mktemp("task_eval"))
+        config = Config("CKF", "amazon-instruments", config_dict={
+            "llm": "tiny", "show_progress": False, "valid_users": 20, "state": "WARNING",
+            "eval_batch_size": 8, "explanation_max_tokens": 6, "cold_user_threshold": COLD})
+        dataset, train_data, valid_data, test_data = load_data(config)
+        init_seed(config["seed"], True)
+        model = config.model_class(config, train_data.dataset)
+        gen = torch.Generator().manual_seed(0)
+        model.set_cf_tables(torch.randn(dataset.user_num, 16, generator=gen),
+                            torch.randn(dataset.item_num, 16, generator=gen))
+        uid = dataset.uid_field
+        train_counts = np.bincount(train_data.dataset.inter_feat[uid].numpy(), minlength=dataset.user_num)
+        test_users = test_data.dataset.inter_feat[uid].numpy()
+        ratings = test_data.dataset.inter_feat[config["RATING_FIELD"]].numpy()
+        users = []
+        for liked, warm, n in ((True, True, 5), (True, False, 5), (False, True, 3), (False, False, 3)):
+            pick = [int(u) for u, r in zip(test_users, ratings)
+                    if (r >= config["ctr_threshold"]) == liked and (train_counts[u] >= COLD) == warm]
+            users += pick[:n]
+        lists = candidate_lists(test_data, config["seed"])
+        builder = TaskBuilder(config, dataset, train_data.dataset, model.tasks, model.item_texts)
+        samples = builder.eval_samples(test_data.dataset, lists, users)
+        encoder = Encoder(model.tokenizer, model.renderer, config["max_length"])
+        yield dict(config=config, model=model, encoder=encoder, samples=samples, train_counts=train_counts)
+
+
+@pytest.fixture(scope="module")
+def results(setup):
+    s = setup
+    first = evaluate_tasks(s["model"], s["samples"], s["encoder"], s["config"], s["train_counts"])
+    second = evaluate_tasks(s["model"], s["samples"], s["encoder"], s["config"], s["train_counts"])
+    return first, second
+
+
+def _short(samples, n):
+    """Samples with their first ``n`` candidates only (the naive scorer costs one forward pass per candidate)."""
+    return [dataclasses.replace(s, candidates=s.candidates[:n]) for s in samples]
+
+
+def test_batched_candidate_scores_equal_naive(setup):
+    model, encoder = setup["model"], setup["encoder"]
+    full = setup["samples"]["sequential"][:3]
+    assert [len(s.candidates) for s in full] == [10, 10, 10]
+    assert len(score_candidates(model, encoder, full[:1])[0]) == 10
+    samples = _short(full, 4)
+    batched = score_candidates(model, encoder, samples, batch_size=3)
+    naive = score_candidates_naive(model, encoder, samples)
+    assert [len(b) for b in batched] == [4, 4, 4]
+    for b, n in zip(batched, naive):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, n, atol=2e-5, rtol=1e-5)
+    # text-only prompts and the sum reduction too
+    b = score_candidates(model, encoder, samples[:1], slotted=False, reduction="sum")
+    n = score_candidates_naive(model, encoder, samples[:1], slotted=False, reduction="sum")
+    torch.testing.assert_close(b[0], n[0], atol=1e-4, rtol=1e-5)
+
+
+def test_sliding_window_measured_in_positions(setup):
+    """With a window far shorter than the packed row, the packed scores still equal the one-candidate passes
+    (the window counts positions, not packed indices), and the window does change the scores."""
+    model, encoder = setup["model"], setup["encoder"]
+    samples = _short(setup["samples"]["sequential"][:1], 4)
+    config = model.llm.get_base_model().config
+    assert "sliding_attention" in config.layer_types
+    full = score_candidates(model, encoder, samples)
+    window = config.sliding_window
+    config.sliding_window = 24
+    try:
+        batched = score_candidates(model, encoder, samples)
+        naive = score_candidates_naive(model, encoder, samples)
+    finally:
+        config.sliding_window = window
+    torch.testing.assert_close(batched[0], naive[0], atol=2e-5, rtol=1e-5)
+    assert not torch.allclose(batched[0], full[0], atol=1e-4)
+
+
+def test_two_evaluations_identical_with_groups(results, setup):
+    first, second = results
+    assert first == second
+    assert list(first) == list(second)
+    expected = {
+        "ctr": ["auc", "logloss"],
+        "sequential": ["hit@1", "hit@3", "ndcg@3", "mrr@10"],
+        "rating": ["rmse", "mae"],
+        "explanation": ["bleu-1", "bleu-4", "rouge-1", "rouge-2", "rouge-l", "distinct-1", "distinct-2"],
+    }
+    for task, metrics in expected.items():
+        for metric in metrics:
+            for suffix in ("", "[warm]", "[cold]"):
+                assert f"{task}:{metric}{suffix}" in first, f"{task}:{metric}{suffix}"
+    assert not any("gauc" in k for k in first)  # leave-one-out: one ctr sample per user
+    assert not any(k.startswith("sequential:hit@10") for k in first)
+    for key, value in first.items():
+        assert isinstance(value, float) and np.isfinite(value), (key, value)
+    assert 1.0 <= first["rating:mae"] <= 4.0
+    table = format_results(first)
+    assert "sequential:ndcg@3" in table and "warm" in table.splitlines()[0]
+
+
+def test_ctr_auc_equals_sklearn(results, setup):
+    s = setup
+    samples = s["samples"]["ctr"]
+    labels = np.array([x.label for x in samples])
+    assert 0 < labels.sum() < len(labels)
+    scores = predict_points(s["model"], s["encoder"], samples).numpy()
+    decimals = s["config"]["metric_decimal_place"]
+    assert results[0]["ctr:auc"] == pytest.approx(round(roc_auc_score(labels, scores), decimals), abs=1e-12)
+    warm = np.array([s["train_counts"][x.user] >= COLD for x in samples])
+    assert results[0]["ctr:auc[warm]"] == pytest.approx(
+        round(roc_auc_score(labels[warm], scores[warm]), decimals), abs=1e-12)
+
+
+def test_gauc_where_users_have_both_labels(setup):
+    s = setup
+    base = s["samples"]["ctr"][:4]
+    samples = []
+    for k, x in enumerate(base):  # every user gets a liked and a disliked sample (users 0, 1) or only one
+        samples.append(x)
+        if k < 2:
+            samples.append(type(x)(**{**x.__dict__, "item": x.history[-1] if x.history else 1,
+                                      "label": 1.0 - x.label, "answer": "No" if x.label else "Yes"}))
+    result = evaluate_tasks(s["model"], {"ctr": samples}, s["encoder"], s["config"], s["train_counts"])
+    scores = predict_points(s["model"], s["encoder"], samples).numpy()
+    labels = np.array([x.label for x in samples])
+    aucs, weights = [], []
+    for u in {x.user for x in samples[:4]}:
+        rows = [i for i, x in enumerate(samples) if x.user == u]
+        aucs.append(roc_auc_score(labels[rows], scores[rows]))
+        weights.append(labels[rows].sum())
+    assert result["ctr:gauc"] == pytest.approx(np.average(aucs, weights=weights), abs=1e-4)
+
+
+def test_ranking_ties_and_recbole_topk(setup):
+    from recbole.evaluator.collector import Collector
+
+    scores = [torch.tensor([0.5, 0.9, 0.9, 0.1]), torch.tensor([2.0, 2.0, 2.0, 2.0])]
+    matrix = ranking_scores(scores)
+    # ties broken by prompt order: [1, 2, 0, 3] and [0, 1, 2, 3]
+    assert matrix.tolist() == [[2.0, 4.0, 3.0, 1.0], [4.0, 3.0, 2.0, 1.0]]
+    assert torch.equal(ranking_scores(scores), matrix)
+    mconfig = task_eval.metric_config(setup["config"], task_eval.TASK_METRICS["sequential"], [1, 3, 4])
+    collector = Collector(mconfig)
+    collector.eval_batch_collect(matrix, {}, torch.tensor([0, 1]), torch.tensor([2, 3]))
+    topk = collector.get_data_struct().get("rec.topk")
+    assert topk.tolist() == [[0, 1, 0, 0, 1], [0, 0, 0, 1, 1]]
+
+
+def test_generation_left_padding_and_empty_texts(setup, monkeypatch):
+    s = setup
+    model, encoder = s["model"], s["encoder"]
+    samples = s["samples"]["explanation"][:4]
+    together = generate_explanations(model, encoder, samples, batch_size=4, max_new_tokens=6)
+    alone = [generate_explanations(model, encoder, [x], batch_size=1, max_new_tokens=6)[0] for x in samples]
+    assert together == alone
+    assert all(isinstance(t, str) for t in together)
+
+    # a generation that starts with eos is an empty text ...
+    eos, pad = model.tokenizer.eos_token_id, model.tokenizer.pad_token_id
+    word = model.tokenizer("Great", add_special_tokens=False)["input_ids"]
+    rows = torch.tensor([[eos] + [pad] * len(word), word + [eos]])
+    monkeypatch.setattr(model.llm, "generate", lambda **kw: rows)
+    texts = generate_explanations(model, encoder, samples[:2], batch_size=2, max_new_tokens=len(word) + 1)
+    assert texts == ["", "Great"]
+
+    # ... and an empty text is scored like any other prediction (ROUGE-1 averages its 0 in)
+    refs = [x.answer for x in samples]
+    monkeypatch.setattr(task_eval, "generate_explanations", lambda *a, **k: [""] + refs[1:])
+    result = evaluate_tasks(model, {"explanation": samples}, encoder, s["config"], s["train_counts"])
+    assert result["explanation:rouge-1"] == pytest.approx(100.0 * 3 / 4, abs=1e-3)
