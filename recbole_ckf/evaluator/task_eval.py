@@ -19,14 +19,14 @@ explanation    greedy decoding (KV cache), new tokens only, stop at eos         
 =============  ==================================================================  ===========================
 
 Sequential scoring. Candidate c's answer is what the model is trained to write for it (see
-:meth:`~recbole_ckf.data.collate.Encoder.encode`): the tokens of ``" " + item text`` followed by eos. Its score is
-the **mean** log-probability of those tokens (log-softmax over the full vocabulary) given the prompt. Mean, not
-sum: the item texts differ in length (up to ``item_text_words`` words plus eos), and a sum penalises every extra
-token, so the shortest texts would win whatever the user; the mean ranks by how well the text fits
-(``reduction="sum"``, i.e. log P(answer), is available). All candidates share ONE prompt: a sample's prompt is
-encoded once, its history truncated (if ``max_length`` requires it) so that the *longest* candidate answer
-fits, the way training truncates prompt + answer; so the prompt never depends on which candidate is the true
-one.
+:meth:`~recbole_ckf.data.collate.Encoder.encode`): the tokens of ``renderer.answer`` (the item text), then
+eos. Its score is the **mean** log-probability of those tokens (log-softmax over the full vocabulary) given the
+prompt. Mean, not sum: the item texts differ in length (up to ``item_text_words`` words plus eos), and a sum
+penalises every extra token, so the shortest texts would win whatever the user; the mean ranks by how well the
+text fits (``reduction="sum"``, i.e. log P(answer), is available; config key ``sequential_score``). All
+candidates share ONE prompt: a sample's prompt is encoded once, its history truncated (if ``max_length``
+requires it) so that the *longest* candidate answer fits, the way training truncates prompt + answer; so the
+prompt never depends on which candidate is the true one.
 
 The batched scorer (:func:`score_candidates`) runs one forward pass per batch of samples over
 ``[prompt, candidate 1, ..., candidate K]`` packed into one row, with a block attention mask: prompt tokens are
@@ -160,8 +160,8 @@ def _prompt_only(enc):
 
 def encode_candidates(encoder, samples, slotted):
     """``[(prompt, answers), ...]`` per sample: the shared prompt (an ``Encoded`` without answer tokens) and the
-    answer token ids of each candidate in prompt order (``" " + item text`` + eos, tokenized by the encoder
-    exactly as training answers are). Each prompt is truncated so that its longest candidate answer fits."""
+    answer token ids of each candidate in prompt order (item text + eos, tokenized by the encoder exactly as
+    training answers are). Each prompt is truncated so that its longest candidate answer fits."""
     out, probes = [], []
     for sample in samples:
         texts = [encoder.renderer.item_texts[c] for c in sample.candidates]
