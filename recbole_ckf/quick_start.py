@@ -28,13 +28,27 @@ def _trainer_class(config):
     return get_trainer(config["MODEL_TYPE"], config["model"])
 
 
-def _reset_logging():
-    """RecBole's init_logger uses logging.basicConfig, which does nothing once the root logger has handlers:
-    drop the previous run's handlers so that every run gets its own log file."""
+_RUN_HANDLERS = []  # the root logger's handlers that RecBole's init_logger installed for the previous run
+
+
+def _init_logging(config):
+    """RecBole's init_logger, once per run: it uses logging.basicConfig, which does nothing while the root
+    logger has any handler. Drop the previous run's handlers (so that every run gets its own log file) and
+    install this run's, keeping the handlers of the program that called us (or of pytest)."""
     root = logging.getLogger()
-    for handler in root.handlers[:]:
+    for handler in _RUN_HANDLERS:
         root.removeHandler(handler)
         handler.close()
+    _RUN_HANDLERS.clear()
+    host = root.handlers[:]
+    for handler in host:
+        root.removeHandler(handler)
+    try:
+        init_logger(config)
+    finally:
+        _RUN_HANDLERS.extend(h for h in root.handlers if h not in host)
+        for handler in host:
+            root.addHandler(handler)
 
 
 def load_data(config):
@@ -66,8 +80,7 @@ def run_recbole_ckf(model=None, dataset=None, config_file_list=None, config_dict
     (``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``)."""
     config = config or Config(model, dataset, config_file_list, config_dict, cmd_args)
     init_seed(config["seed"], config["reproducibility"])
-    _reset_logging()
-    init_logger(config)
+    _init_logging(config)
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)

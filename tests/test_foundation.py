@@ -8,7 +8,10 @@
 """
 
 import collections
+import glob
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -80,6 +83,26 @@ def test_sequential_and_context_models_match_recbole_run_recbole(monkeypatch, mo
                                                 config_dict=dict(settings))
     assert ours["test_result"] == theirs["test_result"]
     assert ours["best_valid_result"] == theirs["best_valid_result"]
+
+
+def test_runs_keep_the_host_programs_logging_handlers():
+    """Each run gets its own log file, and a program (or pytest) that calls run_recbole_ckf keeps its own
+    logging handlers: RecBole's init_logger would do nothing while the root logger has any."""
+    root = logging.getLogger()
+    stream = io.StringIO()
+    host = logging.StreamHandler(stream)
+    root.addHandler(host)
+    try:
+        for model in ("BPR", "DeepFM"):
+            run_recbole_ckf(model=model, dataset=DATASET, config_dict=small_config(state="INFO"))
+            assert host in root.handlers and not stream.closed
+            logs = glob.glob(os.path.join("log", model, "*.log"))
+            assert len(logs) == 1 and "test result" in open(logs[0], encoding="utf-8").read()
+        assert "test result" in stream.getvalue()
+        logging.getLogger("host").warning("the host still logs")
+        assert "the host still logs" in stream.getvalue()
+    finally:
+        root.removeHandler(host)
 
 
 # ---- 2. one split for every model type --------------------------------------------------------------------
