@@ -61,3 +61,7 @@ def _isolated_run(tmp_path, monkeypatch):
 def make_small_config():
     """The :func:`small_config` helper as a fixture."""
     return small_config
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: needs the real Gemma-3-270M (minutes); run with RECBOLE_CKF_SLOW=1")

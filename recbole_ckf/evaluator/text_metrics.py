@@ -41,6 +41,8 @@ Case. ``rouge-score``'s tokenizer always lower-cases. For BLEU and distinct-n, t
 is and a generated "great strings" matches a headline "Great Strings".
 """
 
+import logging
+
 from sacrebleu.metrics import BLEU as _SacreBLEU
 from sacrebleu.metrics.helpers import extract_all_word_ngrams
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
@@ -48,6 +50,9 @@ from rouge_score import rouge_scorer
 
 from recbole.evaluator.base_metric import AbstractMetric
 from recbole.utils import EvaluatorType
+
+# rouge-score logs "Using default tokenizer." through absl at INFO on every scorer it builds
+logging.getLogger("absl").setLevel(logging.WARNING)
 
 PRED_KEY = "text.pred"
 REF_KEY = "text.ref"
