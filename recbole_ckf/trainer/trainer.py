@@ -178,8 +178,8 @@ class CKFTrainer(AbstractTrainer):
         if bridge:
             groups.append({"params": bridge, "lr": config["bridge_learning_rate"], "weight_decay": config["weight_decay"]})
         optimizer = torch.optim.AdamW(groups)
-        steps_per_epoch = math.ceil(len(self._plan(encoded["sizes"], 0)) / acc.gradient_accumulation_steps)
-        total = max(1, steps_per_epoch * config["epochs"])
+        micro_steps = max(1, len(self._plan(encoded["sizes"], 0)) * config["epochs"])  # batches over the run
+        total = max(1, math.ceil(micro_steps / acc.gradient_accumulation_steps))  # optimizer steps
         scheduler = get_cosine_schedule_with_warmup(optimizer, int(config["warmup_ratio"] * total), total)
         wrapped, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
         params = lora + bridge
@@ -203,7 +203,7 @@ class CKFTrainer(AbstractTrainer):
                 mine = idx[acc.process_index::acc.num_processes]
                 if len(mine) == 0:
                     mine = idx[:1]
-                w = curriculum_weight(step / total, config["curriculum_steepness"]) if model.use_cf else 0.0
+                w = curriculum_weight(step / micro_steps, config["curriculum_steepness"]) if model.use_cf else 0.0
                 # The curriculum's loss w * L_slotted + (1 - w) * L_text is estimated by drawing the prompt form
                 # with probability w: the same expected loss and gradient at one forward pass per step.
                 slotted = bool(np.random.default_rng([self.seed, 7, step]).random() < w)
