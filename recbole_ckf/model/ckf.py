@@ -18,9 +18,8 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType, ModelType
 
-from recbole_ckf.data.fields import available_tasks
+from recbole_ckf.data.fields import available_tasks, resolve_text_fields
 from recbole_ckf.data.item_text import build_item_texts, token_text
-from recbole_ckf.data.fields import resolve_text_fields
 from recbole_ckf.data.templates import PromptRenderer
 from recbole_ckf.model.llm import ITEM_TOKEN, TINY_LABEL, USER_TOKEN, answer_token_ids, load_llm
 from recbole_ckf.model.meta_network import MetaNetworkBridge, inject_slots
@@ -48,7 +47,8 @@ class CKF(GeneralRecommender):
         # item descriptions from the training split only (``dataset`` here is the training split)
         self.item_texts, self.item_text_note = build_item_texts(config, dataset, dataset)
 
-        llm = load_llm(config["llm"], config["llm_cache_dir"], texts=self._corpus(config, dataset), seed=config["seed"])
+        llm = load_llm(config["llm"], config["llm_cache_dir"], texts=self._corpus(config, dataset, self.item_texts),
+                       seed=config["seed"])
         self.llm_name = TINY_LABEL if llm.is_tiny else llm.name
         self.tokenizer = llm.tokenizer
         self.user_token_id, self.item_token_id = llm.user_token_id, llm.item_token_id
@@ -71,10 +71,9 @@ class CKF(GeneralRecommender):
 
     # ---- construction helpers ------------------------------------------------------------------------
     @staticmethod
-    def _corpus(config, dataset):
+    def _corpus(config, dataset, item_texts):
         """Training-split text for the tiny test tokenizer (templates, item texts, headlines)."""
-        texts, _ = build_item_texts(config, dataset, dataset)
-        corpus = list(config["prompt_templates"].values()) + [str(t) for t in texts[1:]]
+        corpus = list(config["prompt_templates"].values()) + [str(t) for t in item_texts[1:]]
         fields = resolve_text_fields(config)
         if "summary" in fields:
             corpus += token_text(dataset, fields["summary"][1], dataset.inter_feat[fields["summary"][1]].numpy())
