@@ -8,11 +8,22 @@ Any other ``--key=value`` overrides a config key, as in RecBole.
 """
 
 import argparse
+import signal
 import sys
+import threading
 
 
 class UsageError(Exception):
     """A malformed command line: printed as one ``error:`` line, exit status 2 (as for every user mistake)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C: ``finally`` blocks run, so an atomic checkpoint write
+    in progress removes its temporary folder, and the run stops with exit status 143 without a traceback."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,6 +54,8 @@ def main(argv=None):
         return 2
     from recbole_ckf.errors import CKFError
 
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         from recbole_ckf.quick_start import run_comparison, run_recbole_ckf
 
@@ -55,9 +68,15 @@ def main(argv=None):
     except CKFError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return 0
 
 

@@ -84,6 +84,9 @@ class Config(RecBoleConfig):
             from recbole_ckf.data.fields import add_text_columns
 
             add_text_columns(self)  # CKF reads titles/reviews; baselines never load them
+            from recbole_ckf.data.fields import available_tasks
+
+            available_tasks(self)  # an unknown or unavailable task fails here, before anything is read or written
 
     # ---- where values come from -------------------------------------------------------------------
     def _init_parameters_category(self):
@@ -159,7 +162,20 @@ class Config(RecBoleConfig):
         self.final_config_dict["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (list, tuple)) else str(gpu_id)
         self.final_config_dict["single_spec"] = True
         self.final_config_dict["local_rank"] = int(os.environ.get("LOCAL_RANK", 0))
-        use_gpu = bool(self.final_config_dict.get("use_gpu", True)) and torch.cuda.is_available()
+        # device: auto | cpu | cuda (properties/overall.yaml): auto takes CUDA when torch sees a GPU (and use_gpu is
+        # not False); cuda without a GPU is a user's mistake. use_gpu follows, so that Accelerate agrees.
+        requested = self.final_config_dict.get("device") or "auto"
+        requested = requested.type if isinstance(requested, torch.device) else str(requested).strip().lower()
+        if requested not in ("auto", "cpu", "cuda"):
+            raise CKFError(f"config key 'device': expected auto, cpu or cuda, got {requested!r}")
+        if requested == "cuda" and not torch.cuda.is_available():
+            raise CKFError(f"device: cuda was asked for, but torch {torch.__version__} sees no CUDA GPU on this "
+                           f"machine; use --device=cpu or --device=auto")
+        if requested == "auto":
+            use_gpu = bool(self.final_config_dict.get("use_gpu", True)) and torch.cuda.is_available()
+        else:
+            use_gpu = requested == "cuda"
+        self.final_config_dict["use_gpu"] = use_gpu
         self.final_config_dict["device"] = torch.device("cuda") if use_gpu else torch.device("cpu")
 
     # ---- checks -------------------------------------------------------------------------------------

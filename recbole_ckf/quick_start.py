@@ -45,18 +45,63 @@ def _init_logging(config):
         root.removeHandler(handler)
     try:
         init_logger(config)
+    except OSError as err:  # RecBole always logs into ./log/<model>/ of the current folder
+        raise CKFError(f"cannot write RecBole's log folder '{os.path.abspath('log')}' ({err.strerror}): RecBole "
+                       f"logs into ./log of the current folder; run from a folder you can write to") from None
     finally:
         _RUN_HANDLERS.extend(h for h in root.handlers if h not in host)
         for handler in host:
             root.addHandler(handler)
 
 
+def _check_writable_folder(key, path):
+    """Refuse a folder that cannot be created or written, without creating anything."""
+    probe = os.path.abspath(str(path))
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise CKFError(f"{key}: cannot create the folder '{path}': '{probe}' is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise CKFError(f"{key}: cannot write the folder '{path}': '{probe}' is not writable")
+
+
+def check_run_inputs(config):
+    """The run's own inputs and outputs, checked before any data is read or anything written: ``eval_only``
+    needs a ``checkpoint`` that exists (CKF: a complete checkpoint folder), ``resume`` a CKF run folder with a
+    complete ``last`` checkpoint (normalised to the run folder), and ``checkpoint_dir`` must be writable."""
+    from recbole_ckf.trainer.checkpoint import read_meta, resume_folder
+
+    ckf = config["model"] == "CKF"
+    if config["eval_only"]:
+        if not config["checkpoint"]:
+            raise CKFError("eval_only needs --checkpoint=PATH (a checkpoint saved by an earlier run: for CKF its "
+                           "run folder's 'best' folder)")
+        if ckf:
+            read_meta(config["checkpoint"])
+        elif not os.path.isfile(str(config["checkpoint"])):
+            raise CKFError(f"checkpoint '{config['checkpoint']}' not found (expected a RecBole .pth file)")
+    if config["resume"]:
+        if not ckf:
+            raise CKFError(f"resume: only CKF runs can be resumed (model '{config['model']}' is trained by "
+                           f"RecBole's own trainer)")
+        config["resume"] = resume_folder(config["resume"])
+    _check_writable_folder("checkpoint_dir", config["checkpoint_dir"])
+
+
 def load_data(config):
     """Check the atomic files, build RecBole's dataset and its split (train, valid, test dataloaders)."""
     validate_atomic_files(config)
-    dataset = create_dataset(config)
-    if dataset.inter_num == 0:
-        raise CKFError(f"data set '{config['dataset']}' is empty after filtering (check val_interval, "
+    try:
+        dataset = create_dataset(config)
+    except ValueError as err:
+        if "is empty" not in str(err):  # RecBole: "Some feat is empty, please check the filtering settings."
+            raise
+        dataset = None
+    if dataset is None or dataset.inter_num == 0:
+        filters = [f"{k}={config[k]}" for k in ("val_interval", "user_inter_num_interval", "item_inter_num_interval")
+                   if config[k] not in (None, "[0,inf)", "[0, inf)", {})]
+        raise CKFError(f"data set '{config['dataset']}' is empty after filtering: no interaction is left"
+                       f"{' with ' + ', '.join(filters) if filters else ''} (check val_interval, "
                        f"user_inter_num_interval and item_inter_num_interval)")
     train_data, valid_data, test_data = data_preparation(config, dataset)
     return dataset, train_data, valid_data, test_data
@@ -79,6 +124,7 @@ def run_recbole_ckf(model=None, dataset=None, config_file_list=None, config_dict
     """Train and test one model; returns RecBole's result dict
     (``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``)."""
     config = config or Config(model, dataset, config_file_list, config_dict, cmd_args)
+    check_run_inputs(config)  # before anything is read, trained or written
     init_seed(config["seed"], config["reproducibility"])
     _init_logging(config)
     logger = getLogger()
@@ -95,16 +141,20 @@ def run_recbole_ckf(model=None, dataset=None, config_file_list=None, config_dict
 
     if config["eval_only"]:
         # evaluate a saved model without training it (CKF: --checkpoint=DIR --eval_only)
-        if not config["checkpoint"]:
-            raise CKFError("eval_only needs --checkpoint=DIR (a checkpoint folder saved by an earlier run)")
         if hasattr(trainer, "setup"):
             trainer.setup(train_data)
         best_valid_score, best_valid_result = None, {}
         test_result = trainer.evaluate(test_data, model_file=config["checkpoint"], show_progress=config["show_progress"])
     else:
-        best_valid_score, best_valid_result = trainer.fit(
-            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-        )
+        try:
+            best_valid_score, best_valid_result = trainer.fit(
+                train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+            )
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into KeyboardInterrupt)
+            run_dir = getattr(trainer, "run_dir", None)
+            if run_dir and os.path.isdir(os.path.join(run_dir, "last")):
+                logger.warning(f"interrupted: continue this run with --resume={run_dir}")
+            raise
         test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     best_valid_result = _rescale_rating(config, best_valid_result)
     test_result = _rescale_rating(config, test_result)

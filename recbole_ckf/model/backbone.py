@@ -58,7 +58,7 @@ DEFAULT_BACKBONE = "LightGCN"
 
 # General settings the backbone shares with the CKF run (where it reads data, saves, logs, runs).
 _SHARED_GENERAL_KEYS = (
-    "seed", "reproducibility", "state", "checkpoint_dir", "show_progress", "use_gpu", "gpu_id", "worker",
+    "seed", "reproducibility", "state", "checkpoint_dir", "show_progress", "use_gpu", "device", "gpu_id", "worker",
     "shuffle", "field_separator", "seq_separator",
 )
 # Evaluation settings that define the split and the validation candidates; metrics/topk/valid_metric are the

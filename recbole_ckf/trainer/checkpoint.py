@@ -12,6 +12,7 @@ never sees a half-written one::
 
 import json
 import os
+import shutil
 
 import torch
 
@@ -54,9 +55,56 @@ def read_meta(path):
         raise CKFError(f"checkpoint '{path}' is incomplete or corrupt: '{missing[0]}' is missing")
     try:
         with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
-            return json.load(f)
+            meta = json.load(f)
     except (OSError, ValueError) as err:
         raise CKFError(f"checkpoint '{path}': meta.json is unreadable ({err})") from None
+    if not isinstance(meta, dict) or meta.get("model") != "CKF":
+        raise CKFError(f"checkpoint '{path}': meta.json is not the description of a CKF checkpoint")
+    return meta
+
+
+def clean_stale(path):
+    """Remove what an interrupted atomic write of the checkpoint ``path`` left beside it (see
+    :func:`recbole_ckf.utils.atomic_path`): ``.<name>.tmp-*`` folders (never complete) and ``.<name>.old-*``
+    folders (the previous checkpoint, moved aside just before the new one was renamed into place: put back when
+    the process died between the two renames, so that ``path`` is missing)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return
+    for entry in sorted(os.listdir(parent)):
+        full = os.path.join(parent, entry)
+        if entry.startswith(f".{name}.old-"):
+            previous = os.path.join(full, "x")
+            if not os.path.exists(path) and os.path.isdir(previous):
+                try:
+                    os.replace(previous, path)
+                except OSError:  # another process of the same run put it back first
+                    pass
+            shutil.rmtree(full, ignore_errors=True)
+        elif entry.startswith(f".{name}.tmp-"):
+            shutil.rmtree(full, ignore_errors=True)
+
+
+def resume_folder(path):
+    """The run folder to continue for ``--resume=PATH`` (the run folder, or its ``last`` checkpoint), checked:
+    its ``last`` checkpoint must be complete and hold the trainer state. Leftovers of an interrupted checkpoint
+    write are cleaned first."""
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    if os.path.basename(path) == "last":
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise CKFError(f"resume: '{path}' is not a folder (expected a CKF run folder such as "
+                       f"saved/CKF-<dataset>-<time>, logged at the start of the run)")
+    for name in ("last", "best"):
+        clean_stale(os.path.join(path, name))
+    last = os.path.join(path, "last")
+    if not os.path.isdir(last):
+        raise CKFError(f"resume: '{path}' has no 'last' checkpoint (a run saves one at the end of every epoch; "
+                       f"a run stopped before its first epoch ended must start again)")
+    read_meta(last)
+    if not os.path.isfile(os.path.join(last, "trainer_state.pt")):
+        raise CKFError(f"resume: checkpoint '{last}' is incomplete or corrupt: 'trainer_state.pt' is missing")
+    return path
 
 
 def _load(path, name):

@@ -38,11 +38,13 @@ def curriculum_weight(progress, steepness):
     return 1.0 / (1.0 + math.exp(-steepness * (progress - 0.5)))
 
 
-def resolve_mixed_precision(setting):
+def resolve_mixed_precision(setting, cuda=None):
     """``auto``: bf16 on a GPU that supports it, none elsewhere. On the CPUs we measured (2 cores, no
-    AVX512-BF16), bf16 autocast made a Gemma-3-270M step 5x (forward) to 60x (backward) slower than float32."""
+    AVX512-BF16), bf16 autocast made a Gemma-3-270M step 5x (forward) to 60x (backward) slower than float32.
+    ``cuda``: whether the run uses the GPU (default: whether there is one)."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
     if setting in (None, "auto"):
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
     if setting not in ("no", "bf16", "fp16"):
         raise CKFError(f"mixed_precision: expected auto, no, bf16 or fp16, got '{setting}'")
     return setting
@@ -62,7 +64,7 @@ class CKFTrainer(AbstractTrainer):
         self.logger = getLogger()
         kwargs = DistributedDataParallelKwargs(find_unused_parameters=True)  # inactive task adapters get no grad
         self.accelerator = Accelerator(
-            mixed_precision=resolve_mixed_precision(config["mixed_precision"]),
+            mixed_precision=resolve_mixed_precision(config["mixed_precision"], cuda=config["device"].type == "cuda"),
             gradient_accumulation_steps=config["gradient_accumulation_steps"] or 1,
             cpu=not config["use_gpu"], kwargs_handlers=[kwargs])
         self.device = self.accelerator.device
@@ -162,7 +164,8 @@ class CKFTrainer(AbstractTrainer):
         if self.builder is None:
             self.setup(train_data)
         state = None
-        if config["resume"] and os.path.isdir(self.last_path):
+        self.logger.info(f"run folder: {self.run_dir} (an interrupted run continues with --resume={self.run_dir})")
+        if config["resume"]:  # checked by quick_start.check_run_inputs: the run folder has a complete last/
             state = load_checkpoint(model, self.last_path)
             self.logger.info(f"resuming from {self.last_path} (epoch {state['epoch'] + 1})")
         else:
@@ -193,6 +196,11 @@ class CKFTrainer(AbstractTrainer):
             torch.set_rng_state(state["torch_rng"])
             np.random.set_state(state["numpy_rng"])
             random.setstate(state["python_rng"])
+            if state.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            acc.step = step  # gradient accumulation counts micro-steps over the whole run
+            if patience >= config["stopping_step"]:  # the run had stopped early: nothing left to train
+                start = config["epochs"]
 
         for epoch in range(start, config["epochs"]):
             model.train()
@@ -244,10 +252,11 @@ class CKFTrainer(AbstractTrainer):
                 self.logger.info(set_color("valid result", "blue") + ": \n" + _format(result))
                 stop = patience >= config["stopping_step"]
             if saved and acc.is_main_process:
-                save_checkpoint(model, self.last_path, trainer_state={
+                save_checkpoint(model, self.last_path, extra={"epoch": epoch}, trainer_state={
                     "epoch": epoch, "step": step, "best": best, "best_result": best_result, "patience": patience,
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate()})
+                    "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None})
             if stop:
                 self.logger.info(f"early stopping after epoch {epoch}: no improvement for {patience} evaluations")
                 break
@@ -272,7 +281,7 @@ class CKFTrainer(AbstractTrainer):
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         """Test results per task (``task:metric``, plus ``[warm]``/``[cold]`` groups) as RecBole's result dict."""
         path = model_file or (self.best_path if load_best_model else None)
-        if path and os.path.isdir(path):
+        if model_file or (path and os.path.isdir(path)):
             load_checkpoint(self.model, path)
             self.logger.info(f"loaded CKF checkpoint {path}")
         self.model.to(self.device)
