@@ -84,6 +84,11 @@ class Config(RecBoleConfig):
             from recbole_ckf.data.fields import add_text_columns
 
             add_text_columns(self)  # CKF reads titles/reviews; baselines never load them
+            # CKF's ctr/rating tasks read the raw rating (1-5): RecBole's own ml-100k yaml sets normalize_all, which
+            # would min-max scale it to [0, 1] (every ctr label "No", rating answers "0"/"1")
+            rating = self["RATING_FIELD"]
+            self["normalize_all"] = False
+            self["normalize_field"] = [f for f in (self["normalize_field"] or []) if f != rating] or None
             from recbole_ckf.data.fields import available_tasks
 
             available_tasks(self)  # an unknown or unavailable task fails here, before anything is read or written
@@ -162,6 +167,8 @@ class Config(RecBoleConfig):
         self.final_config_dict["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (list, tuple)) else str(gpu_id)
         self.final_config_dict["single_spec"] = True
         self.final_config_dict["local_rank"] = int(os.environ.get("LOCAL_RANK", 0))
+        if int(os.environ.get("RANK", 0)) != 0:  # `accelerate launch`: one log; the other processes report errors
+            self.final_config_dict["state"] = "ERROR"
         # device: auto | cpu | cuda (properties/overall.yaml): auto takes CUDA when torch sees a GPU (and use_gpu is
         # not False); cuda without a GPU is a user's mistake. use_gpu follows, so that Accelerate agrees.
         requested = self.final_config_dict.get("device") or "auto"

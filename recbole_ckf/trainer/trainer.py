@@ -14,12 +14,13 @@ import math
 import os
 import random
 import time
+from datetime import timedelta
 from logging import getLogger
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, broadcast_object_list
 from recbole.evaluator.register import smaller_metrics
 from recbole.trainer import AbstractTrainer
 from recbole.utils import get_local_time, set_color
@@ -50,6 +51,16 @@ def resolve_mixed_precision(setting, cuda=None):
     return setting
 
 
+def use_cpu(config):
+    """Accelerate's ``cpu`` flag. Accelerate forms a multi-process CPU group (gloo) only when told ``cpu=True``:
+    without it, on a machine without a GPU, ``accelerate launch --multi_gpu --num_processes N`` would run N
+    independent copies of the whole run, each unaware of the others."""
+    if not config["use_gpu"]:
+        return True
+    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator
+
+
 def sample_users(users, limit, seed):
     """A deterministic subset of ``limit`` users (all when ``limit`` is None)."""
     users = np.unique(np.asarray(users))
@@ -62,14 +73,19 @@ class CKFTrainer(AbstractTrainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.logger = getLogger()
-        kwargs = DistributedDataParallelKwargs(find_unused_parameters=True)  # inactive task adapters get no grad
+        # inactive task adapters get no grad; the frozen CF tables (buffers) are equal on every process
+        kwargs = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
+        # the other processes wait (in a collective) while the main one trains the backbone: allow hours
+        group = InitProcessGroupKwargs(timeout=timedelta(hours=12))
         self.accelerator = Accelerator(
             mixed_precision=resolve_mixed_precision(config["mixed_precision"], cuda=config["device"].type == "cuda"),
             gradient_accumulation_steps=config["gradient_accumulation_steps"] or 1,
-            cpu=not config["use_gpu"], kwargs_handlers=[kwargs])
+            cpu=use_cpu(config), kwargs_handlers=[kwargs, group])
         self.device = self.accelerator.device
         self.seed = config["seed"]
         run = f"CKF-{config['dataset']}-{get_local_time()}"
+        if self.accelerator.num_processes > 1:  # one run folder: the main process's clock names it
+            run = broadcast_object_list([run])[0]
         self.run_dir = config["resume"] or os.path.join(config["checkpoint_dir"], run)
         self.best_path = os.path.join(self.run_dir, "best")
         self.last_path = os.path.join(self.run_dir, "last")
@@ -145,10 +161,15 @@ class CKFTrainer(AbstractTrainer):
 
     # ---- training ------------------------------------------------------------------------------------
     def _cf_tables(self, train_data, valid_data):
-        config = self.config
+        config, acc = self.config, self.accelerator
         if config["backbone_checkpoint"]:
             return load_backbone_checkpoint(config, config["backbone_checkpoint"], train_data.dataset)
-        return train_backbone(config, train_data, valid_data)
+        # One process trains the backbone (RecBole's trainer, log and checkpoint file); the others get its
+        # tables, so every process fuses the very same e_u / e_v.
+        tables = train_backbone(config, train_data, valid_data) if acc.is_main_process else None
+        if acc.num_processes > 1:
+            tables = broadcast_object_list([tables])[0]
+        return tables
 
     def _valid_key(self, result):
         name = str(self.config["valid_metric"]).lower()
@@ -181,6 +202,10 @@ class CKFTrainer(AbstractTrainer):
         if bridge:
             groups.append({"params": bridge, "lr": config["bridge_learning_rate"], "weight_decay": config["weight_decay"]})
         optimizer = torch.optim.AdamW(groups)
+        # DDP registers (for its gradient all-reduce) only the parameters that require grad when it wraps the
+        # model: all of them must, although activate() leaves only the batch's adapters requiring grad per step
+        for p in lora + bridge:
+            p.requires_grad_(True)
         micro_steps = max(1, len(self._plan(encoded["sizes"], 0)) * config["epochs"])  # batches over the run
         total = max(1, math.ceil(micro_steps / acc.gradient_accumulation_steps))  # optimizer steps
         scheduler = get_cosine_schedule_with_warmup(optimizer, int(config["warmup_ratio"] * total), total)
@@ -281,6 +306,7 @@ class CKFTrainer(AbstractTrainer):
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         """Test results per task (``task:metric``, plus ``[warm]``/``[cold]`` groups) as RecBole's result dict."""
         path = model_file or (self.best_path if load_best_model else None)
+        self.accelerator.wait_for_everyone()  # only the main process writes checkpoints: let it finish
         if model_file or (path and os.path.isdir(path)):
             load_checkpoint(self.model, path)
             self.logger.info(f"loaded CKF checkpoint {path}")

@@ -1,0 +1,99 @@
+"""CKF under ``accelerate launch`` with two CPU processes (DDP over gloo), the way a multi-GPU run works.
+
+How to get two CPU processes: with accelerate 1.x, ``accelerate launch --cpu --num_processes 2`` starts ONE
+process (its simple launcher; several CPU processes need an MPI hostfile). ``--multi_gpu --num_processes 2``
+starts two through torchrun on any machine; without a GPU (and with ``--use_gpu=False``) the trainer asks
+Accelerate for a CPU process group, so they train as one DDP job.
+
+The run goes through the real ``run_recbole_ckf.py`` (via ``runpy``) with one addition: after ``fit``, every
+process writes what it trained (LoRA of every adapter, the bridge, the CF tables, its run folder), so that the
+test can check that both processes hold the very same model.
+"""
+
+import glob
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+from conftest import REPO
+
+DRIVER = textwrap.dedent("""
+    import os, runpy, sys
+    import torch
+    sys.path.insert(0, {repo!r})
+    from recbole_ckf.model.multi_lora import lora_state_dict
+    from recbole_ckf.trainer import trainer
+
+    fit = trainer.CKFTrainer.fit
+
+    def fit_and_dump(self, *args, **kwargs):
+        out = fit(self, *args, **kwargs)
+        model, acc = self.model, self.accelerator
+        torch.save({{"lora": lora_state_dict(model.llm), "bridge": model.bridge.state_dict(),
+                    "user": model.user_table.cpu(), "item": model.item_table.cpu(), "run_dir": self.run_dir,
+                    "processes": acc.num_processes, "type": str(acc.distributed_type)}},
+                   f"rank{{acc.process_index}}.pt")
+        return out
+
+    trainer.CKFTrainer.fit = fit_and_dump
+    sys.argv = [os.path.join({repo!r}, "run_recbole_ckf.py")] + sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+""")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_cpu_run(tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(repo=REPO))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
+               HF_HOME=str(tmp_path / "hf"))  # no accelerate config file of the machine applies
+    env.pop("RANK", None)
+    env.pop("LOCAL_RANK", None)
+    env.pop("WORLD_SIZE", None)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()), str(driver),
+        "--model=CKF", "--dataset=amazon-instruments", "--llm=tiny", f"--llm_cache_dir={tmp_path / 'cache'}",
+        "--use_gpu=False", "--epochs=1", "--eval_step=1", "--train_samples_per_task=8", "--train_batch_size=2",
+        "--valid_users=8", "--eval_users=8", "--explanation_max_tokens=3", "--show_progress=False",
+        "--state=INFO", "--backbone_config={'embedding_size': 16, 'epochs': 1, 'train_batch_size': 8192, 'n_layers': 1}",
+    ]
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-4000:]
+
+    # one log: the second process reports errors only, so every line comes once
+    assert output.count("test result") == 1, output[-4000:]
+    assert output.count("best valid") == 1
+    assert "ctr:auc" in output and "sequential:ndcg@3" in output and "explanation:rouge-l" in output
+
+    # both processes trained one model together
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    for r in ranks:
+        assert r["processes"] == 2 and r["type"] == "DistributedType.MULTI_CPU"
+    first, second = ranks
+    assert first["run_dir"] == second["run_dir"]  # one run folder, named by the main process
+    assert torch.equal(first["user"], second["user"]) and torch.equal(first["item"], second["item"])
+    assert first["lora"].keys() == second["lora"].keys() and len(first["lora"]) == 140
+    for name in first["lora"]:  # every adapter, shared and per task: the gradients were all-reduced
+        assert torch.equal(first["lora"][name], second["lora"][name]), name
+    for name in first["bridge"]:
+        assert torch.equal(first["bridge"][name], second["bridge"][name]), name
+    assert any(v.abs().sum() > 0 for n, v in first["lora"].items() if "lora_B" in n)  # it did train
+
+    # the main process alone trained the backbone and wrote the checkpoints
+    assert len(glob.glob(str(tmp_path / "saved" / "LightGCN-*.pth"))) == 1
+    runs = glob.glob(str(tmp_path / "saved" / "CKF-*"))
+    assert len(runs) == 1 and sorted(os.listdir(runs[0])) == ["best", "last"]
+    saved = torch.load(os.path.join(runs[0], "last", "adapters.pt"), weights_only=False)
+    assert all(torch.equal(saved[n], first["lora"][n]) for n in saved)
