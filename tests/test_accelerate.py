@@ -26,20 +26,26 @@ DRIVER = textwrap.dedent("""
     import torch
     sys.path.insert(0, {repo!r})
     from recbole_ckf.model.multi_lora import lora_state_dict
+    from recbole_ckf.model.ckf import CKF
     from recbole_ckf.trainer import trainer
 
-    fit = trainer.CKFTrainer.fit
+    fit, forward, steps = trainer.CKFTrainer.fit, CKF.forward, []
+
+    def recorded_forward(self, batch, slotted=True):
+        steps.append((batch["task"], slotted, batch["users"].tolist()))
+        return forward(self, batch, slotted)
 
     def fit_and_dump(self, *args, **kwargs):
         out = fit(self, *args, **kwargs)
         model, acc = self.model, self.accelerator
         torch.save({{"lora": lora_state_dict(model.llm), "bridge": model.bridge.state_dict(),
                     "user": model.user_table.cpu(), "item": model.item_table.cpu(), "run_dir": self.run_dir,
-                    "processes": acc.num_processes, "type": str(acc.distributed_type)}},
+                    "processes": acc.num_processes, "type": str(acc.distributed_type), "steps": steps}},
                    f"rank{{acc.process_index}}.pt")
         return out
 
     trainer.CKFTrainer.fit = fit_and_dump
+    CKF.forward = recorded_forward
     sys.argv = [os.path.join({repo!r}, "run_recbole_ckf.py")] + sys.argv[1:]
     runpy.run_path(sys.argv[0], run_name="__main__")
 """)
@@ -83,6 +89,12 @@ def test_two_process_cpu_run(tmp_path):
         assert r["processes"] == 2 and r["type"] == "DistributedType.MULTI_CPU"
     first, second = ranks
     assert first["run_dir"] == second["run_dir"]  # one run folder, named by the main process
+    # the same task and prompt form at every step, each process with its own share of the batch
+    assert [s[:2] for s in first["steps"]] == [s[:2] for s in second["steps"]]
+    assert len(first["steps"]) == 4 * 2  # 8 samples per task, 2 per process and step
+    assert {s[0] for s in first["steps"]} == {"ctr", "sequential", "rating", "explanation"}
+    assert all(len(a[2]) == len(b[2]) == 2 for a, b in zip(first["steps"], second["steps"]))
+    assert any(a[2] != b[2] for a, b in zip(first["steps"], second["steps"]))
     assert torch.equal(first["user"], second["user"]) and torch.equal(first["item"], second["item"])
     assert first["lora"].keys() == second["lora"].keys() and len(first["lora"]) == 140
     for name in first["lora"]:  # every adapter, shared and per task: the gradients were all-reduced
