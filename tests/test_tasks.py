@@ -30,6 +30,15 @@ AMAZON, ML = "amazon-instruments", "ml-100k"
 NO_TEXT = "an item with no description"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Nothing here gains from a second torch thread; on a busy 2-core machine, it only spins."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _build(name, tmp):
     from recbole.utils import init_seed
 
