@@ -1,0 +1,634 @@
+"""The comparison users will cite: CKF and RecBole baselines on the same split, the same test users and the same
+candidate lists, on ml-100k (ctr, sequential, rating) and amazon-instruments (ctr, sequential, rating,
+explanation).
+
+    python benchmarks/run_benchmarks.py                                   # baselines on both data sets
+    python benchmarks/run_benchmarks.py --ckf                             # + CKF (Gemma-3-270M), ~20 min/data set
+    python benchmarks/run_benchmarks.py --ckf --ablations                 # + the four ablations (~20 min each)
+    python benchmarks/run_benchmarks.py --ckf-results FILE [FILE ...]     # CKF numbers from an earlier run
+    python benchmarks/run_benchmarks.py --datasets ml-100k --models BPR,LightGCN --epochs 50   # a part
+
+Protocol (identical for every model; see benchmarks/README.md):
+
+* RecBole's split of the plugin (``properties/overall.yaml``): leave-one-out by time, seed 2020.
+* Ranking (sequential task): every model ranks CKF's lists ``candidate_lists(test_data, seed)`` (RecBole's uni9,
+  1 true + 9 negatives) of CKF's test users ``sample_users(test users, eval_users, seed)``
+  (:mod:`same_lists`): Hit@1, Hit@3, NDCG@3, MRR. Also reported: the same lists over all test users, and
+  RecBole's own standard test result (its own uni9 draw, all users; for sequential models RecBole's negatives
+  exclude only the target item).
+* ctr: labeled context models (rating >= 4), AUC and LogLoss on every test interaction of CKF's test users
+  (and of all users: that is RecBole's own test result, labeled evaluation samples nothing).
+* rating: context models with the rating as label (``baseline_task: rating``), RMSE/MAE rescaled to 1-5; and
+  the training-mean rating.
+* explanation: the item's most frequent training headline and the global most frequent training headline,
+  scored with the project's text metrics through RecBole's Evaluator.
+* Budgets are chosen on the validation split only: every trained baseline uses early stopping on its validation
+  metric (NDCG@3, AUC or RMSE) with ``stopping_step`` 20, up to ``--epochs`` epochs; the checkpoint with the best
+  validation score is tested. Nothing is tuned on the test split.
+
+Writes ``benchmarks/results/comparison_<dataset>.md`` / ``.json`` and ``benchmarks/results/comparison.png``;
+CKF runs started here also write ``benchmarks/results/ckf_<dataset>.json`` (usable later with --ckf-results).
+"""
+
+import argparse
+import ast
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "benchmarks")
+RESULTS = os.path.join(BENCH, "results")
+sys.path.insert(0, REPO)
+sys.path.insert(0, BENCH)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import recbole_ckf  # noqa: E402,F401
+from recbole.utils import get_trainer, init_seed  # noqa: E402
+
+from recbole_ckf.config import Config  # noqa: E402
+from recbole_ckf.quick_start import load_data  # noqa: E402
+from recbole_ckf.utils import atomic_write_json, atomic_write_text  # noqa: E402
+from same_lists import (check_same_split, ckf_protocol, evaluate_pointwise_on_users,  # noqa: E402
+                        evaluate_ranking_on_lists, explanation_floors, split_overrides, training_mean_rating)
+
+DATASETS = {"ml-100k": ["ctr", "sequential", "rating"],
+            "amazon-instruments": ["ctr", "sequential", "rating", "explanation"]}
+RANKING_MODELS = ["BPR", "LightGCN", "NeuMF", "SASRec", "GRU4Rec"]
+CONTEXT_MODELS = ["FM", "DeepFM", "WideDeep"]
+SEED = 2020
+# Budget shared by every trained baseline (validation-only model selection): early stopping with a patience of
+# 20 validations, at most 300 epochs, and a wall-clock cap per model (checked before each epoch; the checkpoint
+# with the best validation score so far is tested). The caps keep the whole baselines part near 25 minutes on
+# 2 shared CPU cores; rows that hit a cap say so ("stopped by").
+BUDGET = {"epochs": 300, "stopping_step": 20, "eval_step": 1}
+CAP_MINUTES = {"general": 2.0, "sequential": 3.0, "context": 1.0, "LightGCN": 4.0}  # LightGCN: slow to converge
+SEQUENTIAL = {"MAX_ITEM_LIST_LENGTH": 20}  # RecBole's default 50 costs 2.5x on CPU; CKF's prompts show 3 items
+# Batch sizes: amazon-instruments has ~7.4k training interactions, so 256 gives ~29 steps per epoch (its
+# dataset yaml); ml-100k's ~80k at 2048 give ~40 (its dataset yaml). Sequential models train on one sample
+# per training interaction, the same counts.
+QUIET = {"show_progress": False, "state": "WARNING"}
+ABLATIONS = {
+    "CKF": {},
+    "CKF w/o CF (use_cf=False)": {"use_cf": False},
+    "CKF single LoRA (multi_lora=False)": {"multi_lora": False},
+    "CKF w/o meta-network (meta_network=False)": {"meta_network": False},
+    "CKF backbone BPR": {"backbone": "BPR"},
+}
+SETTING_KEYS = {
+    "all": ["epochs", "stopping_step", "eval_step", "train_batch_size", "learning_rate", "learner", "weight_decay",
+            "embedding_size", "valid_metric"],
+    "general": ["n_layers", "reg_weight", "mf_embedding_size", "mlp_embedding_size", "mlp_hidden_size",
+                "dropout_prob"],
+    "sequential": ["n_layers", "n_heads", "hidden_size", "inner_size", "num_layers", "dropout_prob",
+                   "hidden_dropout_prob", "attn_dropout_prob", "MAX_ITEM_LIST_LENGTH", "loss_type"],
+    "context": ["mlp_hidden_size", "dropout_prob", "threshold", "baseline_task", "normalize_field"],
+}
+METRICS = {
+    "sequential": ["hit@1", "hit@3", "ndcg@3", "mrr@10"],
+    "ctr": ["auc", "logloss"],
+    "rating": ["rmse", "mae"],
+    "explanation": ["bleu-1", "bleu-4", "rouge-1", "rouge-2", "rouge-l", "distinct-1", "distinct-2"],
+}
+HEADLINE = {"sequential": "ndcg@3", "ctr": "auc", "rating": "rmse", "explanation": "rouge-l"}
+
+
+def log(msg):
+    print(f"[{datetime.datetime.now():%H:%M:%S}] {msg}", flush=True)
+
+
+def _plain(v):
+    if isinstance(v, (np.generic,)):
+        v = v.item()
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    if isinstance(v, float):
+        return round(v, 4)
+    return v
+
+
+def _clean(result):
+    return {str(k): _plain(v) for k, v in dict(result or {}).items()}
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# baselines
+def _rescale(config, result):
+    """Rating-as-label results are on the min-max scaled rating: bring RMSE/MAE back to the 1-5 scale."""
+    low, high = config["rating_range"] or (1, 5)
+    return {k: (round(float(v) * (high - low), 4) if k in ("rmse", "mae") else v) for k, v in result.items()}
+
+
+class _TimeCap(Exception):
+    pass
+
+
+def _family(model_name):
+    if model_name in CONTEXT_MODELS:
+        return "context"
+    return "sequential" if model_name in ("SASRec", "GRU4Rec") else "general"
+
+
+def train_baseline(model_name, dataset, task, protocol, all_protocol, budget, caps, workdir):
+    """Train one RecBole model with the plugin's flow (as run_recbole_ckf), test it the standard way and on
+    CKF's users/lists. Returns a result row."""
+    overrides = dict(QUIET, **budget, **split_overrides(protocol), checkpoint_dir=os.path.join(workdir, "saved"))
+    family = _family(model_name)
+    if family == "context":
+        overrides["baseline_task"] = task
+    if family == "sequential":
+        overrides.update(SEQUENTIAL)
+    config = Config(model_name, dataset, config_dict=overrides)
+    init_seed(config["seed"], config["reproducibility"])
+    _, train_data, valid_data, test_data = load_data(config)
+    check_same_split(test_data, protocol)  # the same test interactions as CKF's, or an error
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = config.model_class(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    best_epoch = []
+    save = trainer._save_checkpoint
+
+    def _save(epoch, *args, **kwargs):  # records which epoch the tested checkpoint comes from
+        best_epoch.append(epoch)
+        return save(epoch, *args, **kwargs)
+
+    trainer._save_checkpoint = _save
+    cap_min = caps.get(model_name, caps.get(family)) or 0  # a model's own cap wins over its family's
+    cap_s = cap_min * 60
+    train_epoch = trainer._train_epoch
+
+    def _train_epoch(*args, **kwargs):  # the wall-clock cap, checked before each epoch
+        if cap_s and time.perf_counter() - start > cap_s:
+            raise _TimeCap()
+        return train_epoch(*args, **kwargs)
+
+    trainer._train_epoch = _train_epoch
+    start = time.perf_counter()
+    try:
+        trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+        stopped_by = "epoch limit" if len(trainer.train_loss_dict) >= config["epochs"] else "early stopping"
+    except _TimeCap:
+        stopped_by = f"time cap ({cap_min:g} min)"
+    best_valid = trainer.best_valid_result
+    train_s = time.perf_counter() - start
+    standard = trainer.evaluate(test_data, load_best_model=True)  # RecBole's own test result (all users)
+    if task == "sequential":
+        ckf_users = evaluate_ranking_on_lists(model, config, test_data, protocol)
+        all_users = evaluate_ranking_on_lists(model, config, test_data, all_protocol)
+    else:
+        ckf_users = evaluate_pointwise_on_users(model, config, test_data, protocol)
+        all_users = evaluate_pointwise_on_users(model, config, test_data, all_protocol)
+    if task == "rating":
+        standard, ckf_users, all_users, best_valid = (_rescale(config, r) for r in (standard, ckf_users, all_users,
+                                                                                    best_valid))
+    keys = SETTING_KEYS["all"] + ["normalize_all"] + [k for k in SETTING_KEYS[family]
+                                                      if k in config.final_config_dict]
+    settings = {k: _jsonable(config[k]) for k in keys if config[k] is not None}
+    neg = config["train_neg_sample_args"] or {}
+    settings["train_negatives"] = (f"{neg.get('sample_num')} {neg.get('distribution')}"
+                                   if neg.get("distribution") not in (None, "none") else "none")
+    settings.update(epochs_trained=len(trainer.train_loss_dict), best_epoch=best_epoch[-1] if best_epoch else None,
+                    cap_minutes=cap_min or None, stopped_by=stopped_by, train_seconds=round(train_s, 1),
+                    parameters=sum(p.numel() for p in model.parameters()), torch_threads=torch.get_num_threads())
+    if model_name in CONTEXT_MODELS:
+        settings["features"] = list(getattr(model, "token_field_names", [])) + list(
+            getattr(model, "float_field_names", []))
+    return {"model": model_name, "task": task, "kind": "baseline",
+            "ckf_users": _clean(ckf_users), "all_users": _clean(all_users), "recbole_standard": _clean(standard),
+            "best_valid": _clean(best_valid), "settings": settings}
+
+
+def floor_rows(dataset, tasks, protocol, all_protocol):
+    rows = []
+    if "rating" in tasks:
+        sub, mean = training_mean_rating(protocol)
+        full, _ = training_mean_rating(all_protocol)
+        rows.append({"model": "training mean", "task": "rating", "kind": "floor", "ckf_users": _clean(sub),
+                     "all_users": _clean(full), "recbole_standard": {},
+                     "settings": {"prediction": round(mean, 4), "from": "mean rating of the training split"}})
+    if "explanation" in tasks:
+        sub, notes = explanation_floors(protocol)
+        full, full_notes = explanation_floors(all_protocol)
+        names = {"item": "item's most frequent headline", "global": "global most frequent headline"}
+        for key, name in names.items():
+            settings = {"from": "training-split headlines", "global_headline": notes["global_headline"]}
+            if key == "item":
+                settings["fallback"] = ("global headline for items without a training headline "
+                                        f"({notes['items_without_training_headline']} of {notes['samples']} "
+                                        "test samples of CKF's users)")
+            rows.append({"model": name, "task": "explanation", "kind": "floor", "ckf_users": _clean(sub[key]),
+                         "all_users": _clean(full[key]), "recbole_standard": {}, "settings": settings})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CKF
+def _ckf_rows(name, result, settings, source):
+    rows = []
+    test = result.get("test_result", result)
+    for task in METRICS:
+        values = {k.split(":", 1)[1]: _plain(v) for k, v in test.items()
+                  if k.startswith(f"{task}:") and "[" not in k}
+        if values:
+            groups = {g: {k.split(":", 1)[1][:-len(g) - 2]: _plain(v) for k, v in test.items()
+                          if k.startswith(f"{task}:") and k.endswith(f"[{g}]")} for g in ("warm", "cold")}
+            rows.append({"model": name, "task": task, "kind": "ckf", "ckf_users": values, "all_users": {},
+                         "recbole_standard": {}, "groups": groups, "settings": dict(settings, source=source)})
+    return rows
+
+
+def run_ckf(dataset, variants, ckf_overrides, workdir):
+    from recbole_ckf.quick_start import run_recbole_ckf
+
+    path = os.path.join(RESULTS, f"ckf_{dataset}.json")
+    store = json.load(open(path)) if os.path.isfile(path) else {"dataset": dataset, "runs": {}}
+    for name in variants:
+        overrides = {**QUIET, **ckf_overrides, **ABLATIONS[name],
+                     "checkpoint_dir": os.path.join(REPO, "saved", "benchmarks")}
+        log(f"{dataset}: {name} (a CKF run: ~20 minutes with Gemma-3-270M on 2 CPU cores)")
+        start = time.perf_counter()
+        result = run_recbole_ckf("CKF", dataset, config_dict=overrides)
+        config = Config("CKF", dataset, config_dict=overrides)
+        keys = ["llm", "backbone", "use_cf", "multi_lora", "meta_network", "epochs", "train_samples_per_task",
+                "train_batch_size", "learning_rate", "lora_r_shared", "lora_r_task", "max_history", "valid_users",
+                "eval_users", "stopping_step", "valid_metric", "seed", "mixed_precision"]
+        store["runs"][name] = {"test_result": _clean(result["test_result"]),
+                               "best_valid_result": _clean(result["best_valid_result"]),
+                               "settings": {k: _jsonable(config[k]) for k in keys},
+                               "seconds": round(time.perf_counter() - start, 1),
+                               "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+        atomic_write_json(path, store)
+    return path
+
+
+def load_ckf_results(path, dataset):
+    """CKF numbers from an earlier run: this script's ckf_<dataset>.json, run_recbole_ckf's result dict as JSON,
+    run_comparison's JSON, or a RecBole/CKF log file (its ``test result`` line). Returns ``{name: (result,
+    settings)}`` for ``dataset`` (empty if the file is about another data set)."""
+    text = open(path, encoding="utf-8").read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        if data.get("dataset") not in (None, dataset):
+            return {}
+        if "runs" in data:
+            return {n: (r, r.get("settings", {})) for n, r in data["runs"].items()}
+        if "rows" in data:
+            return {r["model"]: (r, {}) for r in data["rows"] if r["model"] == "CKF"}
+        if "test_result" in data:
+            return {"CKF": (data, data.get("settings", {}))}
+        raise ValueError(f"{path}: no CKF test result found")
+    # a log file: "dataset = X", "eval_users = N", ... and "test result: OrderedDict([...])"
+    found = re.search(r"^\s*dataset\s*=\s*(\S+)", text, re.M)
+    if found and found.group(1) != dataset:
+        return {}
+    match = re.findall(r"test result\S*\s*:\s*(?:OrderedDict\()?(.*?)\)?\s*$", text, re.M)
+    if not match:
+        raise ValueError(f"{path}: no 'test result' line")
+    raw = match[-1]
+    value = ast.literal_eval(raw)
+    result = dict(value) if not isinstance(value, dict) else value
+    settings = {}
+    for key in ("llm", "backbone", "eval_users", "epochs", "train_samples_per_task", "seed", "use_cf", "multi_lora",
+                "meta_network"):
+        m = re.search(rf"^\s*{key}\s*=\s*(.+?)\s*$", text, re.M)
+        if m:
+            settings[key] = m.group(1)
+    return {"CKF": ({"test_result": result}, settings)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reports
+def machine_info():
+    import transformers
+
+    info = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "processor": platform.processor() or platform.machine(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "cuda": torch.cuda.is_available()}
+    try:
+        import recbole
+        info["recbole"] = recbole.__version__
+    except AttributeError:
+        pass
+    if hasattr(os, "getloadavg"):
+        info["load_average_1m_at_start"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+def _fmt(v):
+    if v is None or v == "":
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def markdown(report):
+    ds, proto = report["dataset"], report["protocol"]
+    n, total = proto["ckf_test_users"], proto["all_test_users"]
+    lines = [f"# {ds}: CKF and RecBole baselines on the same split, users and candidate lists", "",
+             f"Generated {report['generated']} by `{report['command']}`.", "",
+             "## Protocol", "",
+             f"* Split: leave-one-out by time ({json.dumps(proto['split'])}, order {proto['order']}), seed "
+             f"{proto['seed']}: each user's last interaction is the test case, the one before it validation.",
+             f"* **CKF's test users**: `sample_users(test users, eval_users={proto['eval_users']}, seed={proto['seed']})`"
+             f" = {n} of {total} test users. Every number in the main tables is computed on these users (all tasks).",
+             "* Ranking: every model ranks the same lists, `candidate_lists(test_data, seed)` (RecBole's uni9: the "
+             "true item + 9 negatives the user never interacted with), with `model.predict`, scored by RecBole's "
+             "Collector/Evaluator: Hit@1, Hit@3, NDCG@3, MRR (= MRR@10: all 10 candidates are ranked).",
+             "* ctr: label = rating >= 4 (labeled mode); AUC, LogLoss. rating: context models trained on the rating "
+             "as label (min-max scaled), RMSE/MAE rescaled to 1-5. GAUC is n/a (one test interaction per user).",
+             "* Model selection on the validation split only: early stopping on the validation metric "
+             f"(NDCG@3 / AUC / RMSE), stopping_step {report['budget']['stopping_step']}, at most "
+             f"{report['budget']['epochs']} epochs, and a wall-clock cap per model ("
+             + ", ".join(f"{k} {v:g} min" for k, v in report["cap_minutes"].items())
+             + ", checked before each epoch); the best-validation checkpoint is tested once. Rows stopped by the "
+             "cap are budget-limited, not converged: see 'stopped by'. RecBole defaults otherwise (learning rate "
+             "0.001, embedding size 64, ...); sequential models with MAX_ITEM_LIST_LENGTH "
+             f"{report['sequential_settings']['MAX_ITEM_LIST_LENGTH']}.",
+             f"* Machine: {report['machine']['cpu_count']} CPUs ({report['machine']['processor']}), torch "
+             f"{report['machine']['torch']}, CUDA {report['machine']['cuda']}. Baselines part: "
+             f"{report['baseline_minutes']} min.", ""]
+    if n < 200:
+        lines += [f"With {n} users, a Hit@1 near 0.3 has a standard error of about "
+                  f"{(0.3 * 0.7 / max(n, 1)) ** 0.5:.3f}: differences smaller than ~0.05-0.1 are not significant. "
+                  "The all-user columns (same lists, "
+                  f"{total} users) are the precise baseline numbers.", ""]
+    for task in report["tasks"]:
+        rows = [r for r in report["rows"] if r["task"] == task]
+        if not rows:
+            continue
+        metrics = METRICS[task]
+        head = HEADLINE[task]
+        title = {"sequential": "sequential: next item among 10 candidates (uni9)",
+                 "ctr": "ctr: will the user like the item (rating >= 4)",
+                 "rating": "rating: stars 1-5", "explanation": "explanation: the review headline"}[task]
+        lines += [f"## {title}", ""]
+        cols = [f"{m} ({n} users)" for m in metrics] + [f"{head} (all {total})"]
+        has_std = any(r["recbole_standard"] for r in rows)
+        if has_std:
+            cols.append(f"{head} RecBole standard")
+        cols.append("epochs (best), stopped by")
+        lines.append("| model | " + " | ".join(cols) + " |")
+        lines.append("|---|" + "---|" * len(cols))
+        for r in rows:
+            cells = [_fmt(r["ckf_users"].get(m)) for m in metrics]
+            cells.append(_fmt(r["all_users"].get(head)) if r["all_users"] else "n/a")
+            if has_std:
+                cells.append(_fmt(r["recbole_standard"].get(head)) if r["recbole_standard"] else "")
+            s = r["settings"]
+            cells.append(f"{s['epochs_trained']} ({s['best_epoch']}), {s['stopped_by']}" if "epochs_trained" in s
+                         else "")
+            name = f"**{r['model']}**" if r["kind"] == "ckf" else r["model"]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+        if task == "sequential":
+            lines += ["RecBole standard: RecBole's own `trainer.evaluate` (its own uni9 draw, all users); for "
+                      "sequential models RecBole's negatives exclude only the target item, so those lists are "
+                      "easier than CKF's (which exclude every item of the user, like the general models).", ""]
+    ckf = [r for r in report["rows"] if r["kind"] == "ckf"]
+    if not ckf:
+        lines += ["## CKF", "", "CKF (Gemma-3-270M) is **pending** for this data set: run "
+                  "`python benchmarks/run_benchmarks.py --ckf` (~20 min on 2 CPU cores) or pass "
+                  "`--ckf-results FILE`.", ""]
+    else:
+        lines += ["## CKF runs", ""]
+        seen = {}
+        for r in ckf:
+            seen.setdefault(r["model"], r["settings"])
+        for name, s in seen.items():
+            lines.append(f"* {name}: " + ", ".join(f"{k}={v}" for k, v in s.items()))
+        lines.append("")
+    lines += ["## Settings of every trained baseline", "",
+              "| model | task | settings |", "|---|---|---|"]
+    for r in report["rows"]:
+        if r["kind"] == "ckf":
+            continue
+        s = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
+        lines.append(f"| {r['model']} | {r['task']} | {s} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(reports, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("sequential", "ndcg@3", "sequential NDCG@3 (uni9)"), ("ctr", "auc", "ctr AUC"),
+              ("rating", "rmse", "rating RMSE (1-5, lower is better)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8))
+    for ax, (task, metric, title) in zip(axes, panels):
+        models = []
+        for rep in reports:
+            for r in rep["rows"]:
+                if r["task"] == task and r["model"] not in models:
+                    models.append(r["model"])
+        width = 0.8 / max(1, len(reports))
+        x = np.arange(len(models))
+        for k, rep in enumerate(reports):
+            vals = []
+            for m in models:
+                row = next((r for r in rep["rows"] if r["task"] == task and r["model"] == m), None)
+                vals.append(row["ckf_users"].get(metric, np.nan) if row else np.nan)
+            bars = ax.bar(x + (k - (len(reports) - 1) / 2) * width, vals, width,
+                          label=f"{rep['dataset']} ({rep['protocol']['ckf_test_users']} users)")
+            for b, v in zip(bars, vals):
+                if not np.isnan(v):
+                    ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x)
+        ax.set_xticklabels(models, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title)
+        if task == "ctr":
+            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Same test users and candidate lists as CKF (validation-only model selection)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--models", default=",".join(RANKING_MODELS + CONTEXT_MODELS),
+                   help="comma list of baselines (ranking: %s; context: %s)" % (RANKING_MODELS, CONTEXT_MODELS))
+    p.add_argument("--epochs", type=int, default=BUDGET["epochs"], help="most epochs per baseline (early stopping)")
+    p.add_argument("--stopping-step", type=int, default=BUDGET["stopping_step"])
+    p.add_argument("--cap-minutes", default=",".join(f"{k}={v:g}" for k, v in CAP_MINUTES.items()),
+                   help="wall-clock cap per model family or model, e.g. general=2,sequential=3,context=1,"
+                        "LightGCN=6 (0: no cap)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other rows of the existing comparison_<dataset>.json (re-run some models only)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: on a shared 2-core machine 2 threads oversubscribe, up to 6x slower)")
+    p.add_argument("--eval-users", default="config",
+                   help="CKF's test-user sample (default: CKF.yaml's eval_users; 'all' for every user)")
+    p.add_argument("--ckf", action="store_true", help="also train and test CKF (Gemma-3-270M)")
+    p.add_argument("--ablations", action="store_true", help="with --ckf: also the four ablations")
+    p.add_argument("--ckf-results", nargs="+", default=[], help="CKF results of earlier runs (JSON or log)")
+    p.add_argument("--ckf-config", default="{}", help="JSON dict of CKF config overrides (also used for the "
+                   "protocol: they must match the CKF run's)")
+    p.add_argument("--skip-baselines", action="store_true",
+                   help="reuse the baseline rows of the existing comparison_<dataset>.json (e.g. to add CKF)")
+    return p.parse_args(argv)
+
+
+def _ckf_eval_users(sources, dataset, requested):
+    """The eval_users of the CKF results (so that the baselines are tested on CKF's users), else ``requested``."""
+    found = set()
+    for src, runs in sources:
+        for _, (_, settings) in runs.items():
+            if "eval_users" in settings:
+                found.add(str(settings["eval_users"]))
+    if requested != "config" or not found:
+        return requested
+    if len(found) > 1:
+        sys.exit(f"error: {dataset}: the CKF results were tested on different eval_users ({sorted(found)}); "
+                 f"pass --eval-users to choose")
+    value = found.pop()
+    log(f"{dataset}: eval_users={value}, as in the CKF results")
+    return None if value in ("None", "~", "null") else int(value)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    command = "python benchmarks/run_benchmarks.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    sys.argv = sys.argv[:1]  # RecBole's Config would parse our flags
+    os.makedirs(RESULTS, exist_ok=True)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in RANKING_MODELS + CONTEXT_MODELS]
+    if unknown:
+        sys.exit(f"error: unknown baseline(s) {unknown}")
+    budget = dict(BUDGET, epochs=args.epochs, stopping_step=args.stopping_step)
+    caps = dict(CAP_MINUTES)
+    for part in filter(None, args.cap_minutes.split(",")):
+        key, _, value = part.partition("=")
+        if key not in caps and key not in RANKING_MODELS + CONTEXT_MODELS:
+            sys.exit(f"error: --cap-minutes: {key!r} is neither a family (general, sequential, context) nor a model")
+        caps[key] = float(value)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    eval_users = {"config": "config", "all": None}.get(args.eval_users, None)
+    if args.eval_users not in ("config", "all"):
+        eval_users = int(args.eval_users)
+    ckf_overrides = json.loads(args.ckf_config)
+    machine = machine_info()
+    reports = []
+    workdir = tempfile.mkdtemp(prefix="recbole_ckf_bench_")
+    here = os.getcwd()
+    os.chdir(workdir)  # RecBole writes log_tensorboard/ into the current folder
+    try:
+        for dataset in args.datasets:
+            tasks = DATASETS[dataset]
+            start = time.perf_counter()
+            given = [(src, load_ckf_results(os.path.join(here, src), dataset)) for src in args.ckf_results]
+            eval_users_ds = eval_users if args.ckf else _ckf_eval_users(given, dataset, eval_users)
+            protocol = ckf_protocol(dataset, dict(QUIET, **ckf_overrides), eval_users_ds)
+            all_protocol = protocol.restrict(None)
+            log(f"{dataset}: CKF's test users: {len(protocol.users)} of {len(all_protocol.users)} "
+                f"(eval_users={protocol.eval_users}, seed={protocol.seed})")
+            old_path = os.path.join(RESULTS, f"comparison_{dataset}.json")
+            if args.skip_baselines:
+                old = json.load(open(old_path))
+                rows = [r for r in old["rows"] if r["kind"] != "ckf"]
+                baseline_minutes = old.get("baseline_minutes")
+                budget, caps = old.get("budget", budget), old.get("cap_minutes", caps)
+            else:
+                rows = floor_rows(dataset, tasks, protocol, all_protocol)
+                kept, kept_minutes = [], 0.0
+                if args.merge and os.path.isfile(old_path):
+                    old = json.load(open(old_path))
+                    if old["protocol"]["ckf_user_tokens"] != protocol.user_tokens:
+                        sys.exit(f"error: --merge: {old_path} was computed on other test users")
+                    kept = [r for r in old["rows"] if r["kind"] == "baseline" and r["model"] not in models]
+                    kept_minutes = sum(r["settings"].get("train_seconds", 0) for r in kept) / 60
+                plan = [(m, "sequential") for m in models if m in RANKING_MODELS]
+                plan += [(m, t) for t in ("ctr", "rating") if t in tasks for m in models if m in CONTEXT_MODELS]
+                for model_name, task in plan:
+                    t0 = time.perf_counter()
+                    row = train_baseline(model_name, dataset, task, protocol, all_protocol, budget, caps, workdir)
+                    rows.append(row)
+                    head = HEADLINE[task]
+                    log(f"{dataset}: {model_name:<9} {task:<10} {head}={row['ckf_users'].get(head)} "
+                        f"(all users {row['all_users'].get(head)}, RecBole standard "
+                        f"{row['recbole_standard'].get(head)}), epochs {row['settings']['epochs_trained']} "
+                        f"(best {row['settings']['best_epoch']}), {time.perf_counter() - t0:.0f} s")
+                rows += kept
+                order = {m: k for k, m in enumerate(RANKING_MODELS + CONTEXT_MODELS)}
+                rows.sort(key=lambda r: (r["kind"] != "floor", order.get(r["model"], -1)))
+                baseline_minutes = round((time.perf_counter() - start) / 60 + kept_minutes, 1)
+            if args.ckf:
+                variants = list(ABLATIONS) if args.ablations else ["CKF"]
+                path = run_ckf(dataset, variants, dict(ckf_overrides, eval_users=protocol.eval_users), workdir)
+                given.append((path, load_ckf_results(path, dataset)))
+            for src, runs in given:
+                for name, (result, settings) in runs.items():
+                    for key, want in (("eval_users", protocol.eval_users), ("seed", protocol.seed)):
+                        got = settings.get(key, want)
+                        if str(got) != str(want):
+                            log(f"warning: {src}: CKF was tested with {key}={got}, the baselines with {want}: "
+                                f"not the same test users")
+                    rows = [r for r in rows if r["model"] != name]  # the latest source wins
+                    full = os.path.abspath(os.path.join(here, src))
+                    shown = os.path.relpath(full, REPO) if full.startswith(REPO + os.sep) else full
+                    rows += _ckf_rows(name, result, settings, shown)
+            report = {
+                "dataset": dataset, "tasks": tasks,
+                "generated": datetime.datetime.now().isoformat(timespec="seconds"), "command": command,
+                "machine": machine, "budget": budget, "cap_minutes": caps, "sequential_settings": SEQUENTIAL,
+                "baseline_minutes": baseline_minutes,
+                "protocol": {"seed": protocol.seed, "split": protocol.config["eval_args"]["split"],
+                             "order": protocol.config["eval_args"]["order"],
+                             "mode": protocol.config["eval_args"]["mode"], "eval_users": protocol.eval_users,
+                             "ckf_test_users": len(protocol.users), "all_test_users": len(all_protocol.users),
+                             "ckf_user_tokens": protocol.user_tokens},
+                "rows": rows,
+            }
+            atomic_write_json(os.path.join(RESULTS, f"comparison_{dataset}.json"), _jsonable(report))
+            atomic_write_text(os.path.join(RESULTS, f"comparison_{dataset}.md"), markdown(report))
+            log(f"{dataset}: written benchmarks/results/comparison_{dataset}.md/.json "
+                f"(baselines part {baseline_minutes} min)")
+            reports.append(report)
+        # the plot shows every data set that has a comparison file, not only this run's
+        done = {r["dataset"] for r in reports}
+        for ds in DATASETS:
+            path = os.path.join(RESULTS, f"comparison_{ds}.json")
+            if ds not in done and os.path.isfile(path):
+                reports.append(json.load(open(path)))
+        reports.sort(key=lambda r: list(DATASETS).index(r["dataset"]))
+        plot(reports, os.path.join(RESULTS, "comparison.png"))
+        log("written benchmarks/results/comparison.png")
+    finally:
+        os.chdir(here)
+        with contextlib.suppress(OSError):
+            import shutil
+            shutil.rmtree(workdir)
+
+
+if __name__ == "__main__":
+    main()
