@@ -224,12 +224,15 @@ def memory_probe(llm, n_steps, batch_size, threads):
     lora, bridge = model.trainable_parameters()
     opt = torch.optim.AdamW([{"params": lora}, {"params": bridge}], lr=1e-4)
     model.train()
+    per_step = []
     for batch in batches:
         loss = model(batch, slotted=True)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        per_step.append({"maxrss_mib": round(_maxrss_mib(), 1), "rss_mib": round(_rss_mib(), 1)})
     return {"llm": llm, "model": model.llm_name, "batch_size": batch_size, "steps": len(batches),
+            "after_each_step": per_step,
             "tokens_per_batch": [int(b["attention_mask"].sum()) for b in batches],
             "maxrss_mib_python_and_imports": round(base, 1),
             "maxrss_mib_after_load": round(after_load, 1), "rss_mib_after_load": round(rss_load, 1),

@@ -169,7 +169,7 @@ def train_baseline(model_name, dataset, task, protocol, all_protocol, budget, ca
     save = trainer._save_checkpoint
 
     def _save(epoch, *args, **kwargs):  # records which epoch the tested checkpoint comes from
-        best_epoch.append(epoch)
+        best_epoch.append(epoch + 1)  # RecBole counts epochs from 0; reported: the checkpoint after epoch N
         return save(epoch, *args, **kwargs)
 
     trainer._save_checkpoint = _save
@@ -218,8 +218,22 @@ def train_baseline(model_name, dataset, task, protocol, all_protocol, budget, ca
             "best_valid": _clean(best_valid), "settings": settings}
 
 
+def random_ranking_row(n_candidates=10):
+    """The expected metrics of a uniformly random ranking of ``n_candidates`` with one true item."""
+    import math
+
+    k = n_candidates
+    values = {"hit@1": 1 / k, "hit@3": min(3, k) / k,
+              "ndcg@3": sum(1 / math.log2(r + 1) for r in range(1, min(3, k) + 1)) / k,
+              "mrr@10": sum(1 / r for r in range(1, k + 1)) / k}
+    values = {m: round(v, 4) for m, v in values.items()}
+    return {"model": "random ranking (expected)", "task": "sequential", "kind": "floor", "ckf_users": values,
+            "all_users": dict(values), "recbole_standard": {},
+            "settings": {"from": f"expectation over uniformly random orders of {k} candidates (no model)"}}
+
+
 def floor_rows(dataset, tasks, protocol, all_protocol):
-    rows = []
+    rows = [random_ranking_row()] if "sequential" in tasks else []
     if "rating" in tasks:
         sub, mean = training_mean_rating(protocol)
         full, _ = training_mean_rating(all_protocol)
@@ -298,7 +312,9 @@ def load_ckf_results(path, dataset):
         if "rows" in data:
             return {r["model"]: (r, {}) for r in data["rows"] if r["model"] == "CKF"}
         if "test_result" in data:
-            return {"CKF": (data, data.get("settings", {}))}
+            settings = data.get("settings") or {k: v for k, v in data.items() if isinstance(v, (str, int, float))
+                                                and k not in ("model", "dataset")}
+            return {str(data.get("name") or "CKF"): (data, settings)}
         raise ValueError(f"{path}: no CKF test result found")
     # a log file: "dataset = X", "eval_users = N", ... and "test result: OrderedDict([...])"
     found = re.search(r"^\s*dataset\s*=\s*(\S+)", text, re.M)
@@ -307,7 +323,7 @@ def load_ckf_results(path, dataset):
     match = re.findall(r"test result\S*\s*:\s*(?:OrderedDict\()?(.*?)\)?\s*$", text, re.M)
     if not match:
         raise ValueError(f"{path}: no 'test result' line")
-    raw = match[-1]
+    raw = re.sub(r"\bnan\b", "None", match[-1])  # a metric with no samples in a group is logged as nan
     value = ast.literal_eval(raw)
     result = dict(value) if not isinstance(value, dict) else value
     settings = {}
@@ -346,11 +362,33 @@ def _fmt(v):
     return str(v)
 
 
+def _auc_se(auc, n_pos, n_neg):
+    """Hanley & McNeil (1982) standard error of an AUC with n_pos positives and n_neg negatives."""
+    if not n_pos or not n_neg:
+        return float("nan")
+    q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc ** 2) + (n_neg - 1) * (q2 - auc ** 2)) / (n_pos * n_neg)
+    return var ** 0.5
+
+
+def ctr_label_counts(protocol, all_protocol):
+    from same_lists import _test_samples
+
+    out = {}
+    for key, p in (("ckf_users", protocol), ("all_users", all_protocol)):
+        labels = [s.label for s in _test_samples(p, "ctr", p.users)]
+        out[key] = [int(sum(labels)), int(len(labels) - sum(labels))]
+    return out
+
+
 def markdown(report):
     ds, proto = report["dataset"], report["protocol"]
     n, total = proto["ckf_test_users"], proto["all_test_users"]
     lines = [f"# {ds}: CKF and RecBole baselines on the same split, users and candidate lists", "",
-             f"Generated {report['generated']} by `{report['command']}`.", "",
+             f"Generated {report['generated']} by `{report['command'].strip()}`"
+             + (f"; baselines from {report['baselines_run']['generated']} by "
+                f"`{report['baselines_run']['command'].strip()}`." if report.get("baselines_run", {}).get("command")
+                not in (None, report["command"]) else "."), "",
              "## Protocol", "",
              f"* Split: leave-one-out by time ({json.dumps(proto['split'])}, order {proto['order']}), seed "
              f"{proto['seed']}: each user's last interaction is the test case, the one before it validation.",
@@ -366,9 +404,14 @@ def markdown(report):
              f"{report['budget']['epochs']} epochs, and a wall-clock cap per model ("
              + ", ".join(f"{k} {v:g} min" for k, v in report["cap_minutes"].items())
              + ", checked before each epoch); the best-validation checkpoint is tested once. Rows stopped by the "
-             "cap are budget-limited, not converged: see 'stopped by'. RecBole defaults otherwise (learning rate "
-             "0.001, embedding size 64, ...); sequential models with MAX_ITEM_LIST_LENGTH "
-             f"{report['sequential_settings']['MAX_ITEM_LIST_LENGTH']}.",
+             "cap are budget-limited, not converged: see 'stopped by'. Each model's RecBole defaults otherwise "
+             "(Adam, learning rate 0.001; embedding size 64, context models 10); sequential models with "
+             f"MAX_ITEM_LIST_LENGTH {report['sequential_settings']['MAX_ITEM_LIST_LENGTH']}. 'epochs (best)': epochs "
+             "trained and the epoch whose checkpoint was tested.",
+             "* Same interactions: every baseline loads its data as CKF does (`normalize_all: "
+             f"{report['protocol'].get('normalize_all')}`; RecBole sorts the split by the float32 time field, so "
+             "normalising it changes which same-minute interaction is last) and is refused unless its test "
+             "interactions are CKF's (`same_lists.check_same_split`).",
              f"* Machine: {report['machine']['cpu_count']} CPUs ({report['machine']['processor']}), torch "
              f"{report['machine']['torch']}, CUDA {report['machine']['cuda']}. Baselines part: "
              f"{report['baseline_minutes']} min.", ""]
@@ -401,14 +444,22 @@ def markdown(report):
                 cells.append(_fmt(r["recbole_standard"].get(head)) if r["recbole_standard"] else "")
             s = r["settings"]
             cells.append(f"{s['epochs_trained']} ({s['best_epoch']}), {s['stopped_by']}" if "epochs_trained" in s
-                         else "")
+                         else "")  # best_epoch: the tested checkpoint is the one after that epoch (1-based)
             name = f"**{r['model']}**" if r["kind"] == "ckf" else r["model"]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
         if task == "sequential":
-            lines += ["RecBole standard: RecBole's own `trainer.evaluate` (its own uni9 draw, all users); for "
-                      "sequential models RecBole's negatives exclude only the target item, so those lists are "
-                      "easier than CKF's (which exclude every item of the user, like the general models).", ""]
+            lines += ["RecBole standard: RecBole's own `trainer.evaluate` (its own uni9 draw, all users). For "
+                      "sequential models RecBole's negatives exclude only the target item (they may be items of "
+                      "the user's history), CKF's lists exclude every item of the user, like the general models'.",
+                      ""]
+        if task == "ctr" and "ctr_labels" in proto:
+            c = proto["ctr_labels"]
+            pos, neg = c["ckf_users"]
+            se = _auc_se(0.75, pos, neg)
+            lines += [f"Labels among the {n} users: {pos} liked, {neg} not liked (all users: {c['all_users'][0]} / "
+                      f"{c['all_users'][1]}). On these labels an AUC of 0.75 has a standard error of about "
+                      f"{se:.3f} (Hanley-McNeil); the all-user column is the precise one.", ""]
     ckf = [r for r in report["rows"] if r["kind"] == "ckf"]
     if not ckf:
         lines += ["## CKF", "", "CKF (Gemma-3-270M) is **pending** for this data set: run "
@@ -450,12 +501,14 @@ def plot(reports, path):
         width = 0.8 / max(1, len(reports))
         x = np.arange(len(models))
         for k, rep in enumerate(reports):
-            vals = []
+            vals, alls = [], []
             for m in models:
                 row = next((r for r in rep["rows"] if r["task"] == task and r["model"] == m), None)
                 vals.append(row["ckf_users"].get(metric, np.nan) if row else np.nan)
-            bars = ax.bar(x + (k - (len(reports) - 1) / 2) * width, vals, width,
-                          label=f"{rep['dataset']} ({rep['protocol']['ckf_test_users']} users)")
+                alls.append(row["all_users"].get(metric, np.nan) if row and row["all_users"] else np.nan)
+            xs = x + (k - (len(reports) - 1) / 2) * width
+            bars = ax.bar(xs, vals, width, label=f"{rep['dataset']} ({rep['protocol']['ckf_test_users']} users)")
+            ax.plot(xs, alls, "k_", markersize=14, label="all test users" if k == len(reports) - 1 else None)
             for b, v in zip(bars, vals):
                 if not np.isnan(v):
                     ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
@@ -464,9 +517,11 @@ def plot(reports, path):
         ax.set_title(title)
         if task == "ctr":
             ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Same test users and candidate lists as CKF (validation-only model selection)", fontsize=10)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle("Same test users and candidate lists as CKF (bars: CKF's test users; dashes: all test users; "
+                 "validation-only model selection)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -556,9 +611,15 @@ def main(argv=None):
             if args.skip_baselines:
                 old = json.load(open(old_path))
                 rows = [r for r in old["rows"] if r["kind"] != "ckf"]
+                if "sequential" in tasks and not any(r["model"] == "random ranking (expected)" for r in rows):
+                    rows.insert(0, random_ranking_row())
                 baseline_minutes = old.get("baseline_minutes")
                 budget, caps = old.get("budget", budget), old.get("cap_minutes", caps)
+                baselines_run = old.get("baselines_run") or {"command": old["command"], "generated": old["generated"],
+                                                             "machine": old["machine"]}
             else:
+                baselines_run = {"command": command, "machine": machine,
+                                 "generated": datetime.datetime.now().isoformat(timespec="seconds")}
                 rows = floor_rows(dataset, tasks, protocol, all_protocol)
                 kept, kept_minutes = [], 0.0
                 if args.merge and os.path.isfile(old_path):
@@ -600,13 +661,17 @@ def main(argv=None):
             report = {
                 "dataset": dataset, "tasks": tasks,
                 "generated": datetime.datetime.now().isoformat(timespec="seconds"), "command": command,
+                "baselines_run": baselines_run,
                 "machine": machine, "budget": budget, "cap_minutes": caps, "sequential_settings": SEQUENTIAL,
                 "baseline_minutes": baseline_minutes,
                 "protocol": {"seed": protocol.seed, "split": protocol.config["eval_args"]["split"],
                              "order": protocol.config["eval_args"]["order"],
                              "mode": protocol.config["eval_args"]["mode"], "eval_users": protocol.eval_users,
                              "ckf_test_users": len(protocol.users), "all_test_users": len(all_protocol.users),
-                             "ckf_user_tokens": protocol.user_tokens},
+                             "ckf_user_tokens": protocol.user_tokens,
+                             "ctr_labels": ctr_label_counts(protocol, all_protocol),
+                             "ckf_config_overrides": ckf_overrides,
+                             "normalize_all": protocol.config["normalize_all"]},
                 "rows": rows,
             }
             atomic_write_json(os.path.join(RESULTS, f"comparison_{dataset}.json"), _jsonable(report))
