@@ -538,7 +538,8 @@ def parse_args(argv=None):
                    help="wall-clock cap per model family or model, e.g. general=2,sequential=3,context=1,"
                         "LightGCN=6 (0: no cap)")
     p.add_argument("--merge", action="store_true",
-                   help="keep the other rows of the existing comparison_<dataset>.json (re-run some models only)")
+                   help="keep the other rows of the existing comparison_<dataset>.json (re-run some models only; "
+                        "each row's settings hold its own budget)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on a shared 2-core machine 2 threads oversubscribe, up to 6x slower)")
     p.add_argument("--eval-users", default="config",
