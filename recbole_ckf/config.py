@@ -154,7 +154,7 @@ class Config(RecBoleConfig):
         rating = final.get("RATING_FIELD", "rating")
         final["threshold"] = None
         final["LABEL_FIELD"] = rating
-        final["normalize_field"] = [rating]
+        final["normalize_field"] = [f for f in (final.get("normalize_field") or []) if f != rating] + [rating]
         final["normalize_all"] = False
         final["metrics"] = ["RMSE", "MAE"]
         final["valid_metric"] = "RMSE"
