@@ -69,6 +69,7 @@ from recbole.evaluator import Evaluator
 from recbole.evaluator.collector import Collector, DataStruct
 
 import recbole_ckf.evaluator  # noqa: F401  (registers the text metrics into RecBole's registry)
+from recbole_ckf.errors import CKFError
 from recbole_ckf.data.collate import collate
 from recbole_ckf.evaluator.groups import DEFAULT_COLD_THRESHOLD, evaluate_by_group, split_by_activity
 from recbole_ckf.evaluator.text_metrics import PRED_KEY, REF_KEY
@@ -277,7 +278,7 @@ def _block_masks(seg, pos, config, attn_impl, dtype):
             masks["sliding_attention"] = fmt(sliding)
         unknown = set(layer_types) - set(masks)
         if unknown:
-            raise NotImplementedError(f"packed candidate scoring does not know layer types {sorted(unknown)}")
+            raise CKFError(f"llm: packed candidate scoring does not support the attention layer types {sorted(unknown)} of this model")
         return masks
     uses_window = window is not None and getattr(config, "use_sliding_window", True)
     return fmt(sliding if uses_window else allowed)
@@ -349,9 +350,9 @@ def _packed_scores(model, prompts, answers, slotted, reduction, device):
 def _check_attention(model):
     impl = getattr(model.llm.get_base_model().config, "_attn_implementation", "sdpa")
     if impl not in ("sdpa", "eager"):
-        raise NotImplementedError(
-            f"packed candidate scoring needs attn_implementation 'sdpa' or 'eager' (custom block masks), "
-            f"this model uses {impl!r}; use score_candidates_naive")
+        raise CKFError(
+            f"llm: packed candidate scoring needs attn_implementation 'sdpa' or 'eager' (custom block masks), "
+            f"this model uses {impl!r}; load the model with sdpa or eager attention")
 
 
 def score_candidates(model, encoder, samples, slotted=True, batch_size=16, reduction="mean", autocast=False,
