@@ -6,7 +6,8 @@ Differences from ``recbole.config.Config`` (each for a reason a RecBole user wou
   known models (:mod:`recbole_ckf.registry`);
 * after RecBole's own property files, the plugin's are loaded, lowest priority first:
   ``properties/overall.yaml`` < ``properties/model_type/<type>.yaml`` < ``properties/dataset/<name>.yaml``
-  < ``properties/<model>.yaml``; the user's config files, ``config_dict`` and command line still override them;
+  < ``properties/<model>.yaml`` < ``properties/<model>/<name>.yaml`` (a model's budget for one data set, e.g. the
+  CKF backbone's epochs on ml-100k); the user's config files, ``config_dict`` and command line still override them;
 * command-line overrides are passed in explicitly (``cmd_args``) instead of being read from ``sys.argv``, so
   that the Config can be built under pytest or inside another program;
 * data sets are found in the project's ``dataset/`` folder unless ``data_path`` is given (``ml-100k`` comes
@@ -128,6 +129,7 @@ class Config(RecBoleConfig):
             os.path.join(PROPERTIES_DIR, "model_type", _MODEL_TYPE_FILES.get(model_class.type, "")),
             os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml"),
             os.path.join(PROPERTIES_DIR, f"{model}.yaml"),
+            os.path.join(PROPERTIES_DIR, model, f"{dataset}.yaml"),
         ]
         for file in files:
             if os.path.isfile(file):

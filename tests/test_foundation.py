@@ -190,6 +190,24 @@ def test_general_sequential_and_context_models_share_one_split():
         assert test_ts[user] >= valid_ts[user] >= latest_train[user], user
 
 
+def test_a_models_per_dataset_property_file_overrides_its_model_file_for_that_dataset_only():
+    """properties/CKF/ml-100k.yaml (the backbone's budget on ml-100k) wins over properties/CKF.yaml on ml-100k,
+    is not read for other data sets, and the command line still wins over both."""
+    import yaml
+
+    from recbole_ckf.config import PROPERTIES_DIR
+
+    with open(os.path.join(PROPERTIES_DIR, "CKF", "ml-100k.yaml")) as f:
+        ml_backbone = yaml.safe_load(f)["backbone_config"]
+    with open(os.path.join(PROPERTIES_DIR, "CKF.yaml")) as f:
+        default_backbone = yaml.safe_load(f)["backbone_config"]
+    assert ml_backbone != default_backbone
+    assert Config("CKF", "ml-100k", config_dict={"llm": "tiny"})["backbone_config"] == ml_backbone
+    assert Config("CKF", DATASET, config_dict={"llm": "tiny"})["backbone_config"] == default_backbone
+    override = Config("CKF", "ml-100k", cmd_args={"llm": "tiny", "backbone_config": "{'epochs': 1}"})
+    assert override["backbone_config"] == {"epochs": 1}
+
+
 # ---- 3. the command line's errors ---------------------------------------------------------------------------
 def _write_inter(root, name, text):
     folder = root / name
