@@ -5,6 +5,8 @@ explanation).
     python benchmarks/run_benchmarks.py                                   # baselines on both data sets
     python benchmarks/run_benchmarks.py --ckf                             # + CKF (Gemma-3-270M), ~20 min/data set
     python benchmarks/run_benchmarks.py --ckf --ablations                 # + the four ablations (~20 min each)
+    python benchmarks/run_benchmarks.py --datasets amazon-instruments --skip-baselines \
+        --ckf-results benchmarks/results/ckf_amazon-instruments.json --variants no_cf,single_lora   # some only
     python benchmarks/run_benchmarks.py --ckf-results FILE [FILE ...]     # CKF numbers from an earlier run
     python benchmarks/run_benchmarks.py --datasets ml-100k --models BPR,LightGCN --epochs 50   # a part
 
@@ -78,6 +80,7 @@ SEQUENTIAL = {"MAX_ITEM_LIST_LENGTH": 20}  # RecBole's default 50 costs 2.5x on 
 # dataset yaml); ml-100k's ~80k at 2048 give ~40 (its dataset yaml). Sequential models train on one sample
 # per training interaction, the same counts.
 QUIET = {"show_progress": False, "state": "WARNING"}
+# name in the tables -> CKF config overrides; VARIANTS: short names for --variants
 ABLATIONS = {
     "CKF": {},
     "CKF w/o CF (use_cf=False)": {"use_cf": False},
@@ -85,6 +88,7 @@ ABLATIONS = {
     "CKF w/o meta-network (meta_network=False)": {"meta_network": False},
     "CKF backbone BPR": {"backbone": "BPR"},
 }
+VARIANTS = dict(zip(["ckf", "no_cf", "single_lora", "no_meta", "bpr"], ABLATIONS))
 SETTING_KEYS = {
     "all": ["epochs", "stopping_step", "eval_step", "train_batch_size", "learning_rate", "learner", "weight_decay",
             "embedding_size", "valid_metric"],
@@ -546,6 +550,9 @@ def parse_args(argv=None):
                    help="CKF's test-user sample (default: CKF.yaml's eval_users; 'all' for every user)")
     p.add_argument("--ckf", action="store_true", help="also train and test CKF (Gemma-3-270M)")
     p.add_argument("--ablations", action="store_true", help="with --ckf: also the four ablations")
+    p.add_argument("--variants", default="",
+                   help=f"run only these CKF variants (implies --ckf), comma-separated: {', '.join(VARIANTS)}; "
+                        f"runs already in ckf_<dataset>.json stay")
     p.add_argument("--ckf-results", nargs="+", default=[], help="CKF results of earlier runs (JSON or log)")
     p.add_argument("--ckf-config", default="{}", help="JSON dict of CKF config overrides (also used for the "
                    "protocol: they must match the CKF run's)")
@@ -593,6 +600,10 @@ def main(argv=None):
     if args.eval_users not in ("config", "all"):
         eval_users = int(args.eval_users)
     ckf_overrides = json.loads(args.ckf_config)
+    bad = [v for v in filter(None, args.variants.split(",")) if v not in VARIANTS]
+    if bad:
+        sys.exit(f"error: --variants: unknown {bad}; expected some of {', '.join(VARIANTS)}")
+    variants = [VARIANTS[v] for v in filter(None, args.variants.split(","))]
     machine = machine_info()
     reports = []
     workdir = tempfile.mkdtemp(prefix="recbole_ckf_bench_")
@@ -603,7 +614,7 @@ def main(argv=None):
             tasks = DATASETS[dataset]
             start = time.perf_counter()
             given = [(src, load_ckf_results(os.path.join(here, src), dataset)) for src in args.ckf_results]
-            eval_users_ds = eval_users if args.ckf else _ckf_eval_users(given, dataset, eval_users)
+            eval_users_ds = eval_users if (args.ckf or variants) else _ckf_eval_users(given, dataset, eval_users)
             protocol = ckf_protocol(dataset, dict(QUIET, **ckf_overrides), eval_users_ds)
             all_protocol = protocol.restrict(None)
             log(f"{dataset}: CKF's test users: {len(protocol.users)} of {len(all_protocol.users)} "
@@ -644,8 +655,8 @@ def main(argv=None):
                 order = {m: k for k, m in enumerate(RANKING_MODELS + CONTEXT_MODELS)}
                 rows.sort(key=lambda r: (r["kind"] != "floor", order.get(r["model"], -1)))
                 baseline_minutes = round((time.perf_counter() - start) / 60 + kept_minutes, 1)
-            if args.ckf:
-                variants = list(ABLATIONS) if args.ablations else ["CKF"]
+            if args.ckf or variants:
+                variants = variants or (list(ABLATIONS) if args.ablations else ["CKF"])
                 path = run_ckf(dataset, variants, dict(ckf_overrides, eval_users=protocol.eval_users), workdir)
                 given.append((path, load_ckf_results(path, dataset)))
             for src, runs in given:
