@@ -1,4 +1,4 @@
-"""Deterministic evaluation of the four tasks (recbole_ckf.evaluator.task_eval) with the tiny test LM.
+"""Deterministic evaluation of the four tasks (recbole_ckf.evaluator.task_eval and its scorers), tiny test LM.
 
 One CKF model (tiny LM, random CF tables instead of a trained backbone) on amazon-instruments, 16 test users
 chosen to mix warm/cold users and liked/disliked items.
@@ -14,15 +14,10 @@ from sklearn.metrics import roc_auc_score
 
 import recbole_ckf  # noqa: F401  (compatibility fixes before recbole)
 from recbole_ckf.evaluator import task_eval
-from recbole_ckf.evaluator.task_eval import (
-    evaluate_tasks,
-    format_results,
-    generate_explanations,
-    predict_points,
-    ranking_scores,
-    score_candidates,
-    score_candidates_naive,
-)
+from recbole_ckf.evaluator.candidate_scoring import ranking_scores, score_candidates, score_candidates_naive
+from recbole_ckf.evaluator.generation import generate_explanations
+from recbole_ckf.evaluator.inference import predict_points
+from recbole_ckf.evaluator.task_eval import evaluate_tasks, format_results
 
 COLD = 5
 
@@ -112,6 +107,23 @@ def test_sliding_window_measured_in_positions(setup):
         config.sliding_window = window
     torch.testing.assert_close(batched[0], naive[0], atol=2e-5, rtol=1e-5)
     assert not torch.allclose(batched[0], full[0], atol=1e-4)
+
+
+def test_unsupported_attention_is_a_one_line_error(setup):
+    """The packed scorer builds its own block masks: an LM loaded with another attention implementation (e.g.
+    flash attention from a user's folder) gets a CKFError naming the fix, before any forward pass."""
+    from recbole_ckf.errors import CKFError
+
+    model, encoder = setup["model"], setup["encoder"]
+    config = model.llm.get_base_model().config
+    impl = config._attn_implementation
+    config._attn_implementation = "flash_attention_2"
+    try:
+        with pytest.raises(CKFError, match="sdpa or eager") as err:
+            score_candidates(model, encoder, setup["samples"]["sequential"][:1])
+    finally:
+        config._attn_implementation = impl
+    assert "\n" not in str(err.value)
 
 
 def test_two_evaluations_identical_with_groups(results, setup):

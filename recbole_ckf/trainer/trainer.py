@@ -253,7 +253,7 @@ class CKFTrainer(AbstractTrainer):
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)  # never zeros: inactive adapters must stay untouched
                 step += 1
-                losses.append(float(loss))
+                losses.append(loss.detach().item())
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", tok_s=f"{tokens / (time.time() - t0):.0f}", w=f"{w:.2f}")
             self.logger.info(set_color(f"epoch {epoch} training", "green") + f" [time: {time.time() - t0:.2f}s, "
                              f"train loss: {np.mean(losses):.4f}, tokens/s: {tokens / (time.time() - t0):.0f}, "

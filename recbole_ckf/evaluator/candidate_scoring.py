@@ -1,0 +1,256 @@
+"""Sequential task: scoring the candidates of a sample by their likelihood as the answer.
+
+Candidate c's answer is what the model is trained to write for it (see
+:meth:`~recbole_ckf.data.collate.Encoder.encode`): the tokens of ``renderer.answer`` (the item text), then
+eos. Its score is the **mean** log-probability of those tokens (log-softmax over the full vocabulary) given the
+prompt. Mean, not sum: the item texts differ in length (up to ``item_text_words`` words plus eos), and a sum
+penalises every extra token, so the shortest texts would win whatever the user; the mean ranks by how well the
+text fits (``reduction="sum"``, i.e. log P(answer), is available; config key ``sequential_score``). All
+candidates share ONE prompt: a sample's prompt is encoded once, its history truncated (if ``max_length``
+requires it) so that the *longest* candidate answer fits, the way training truncates prompt + answer; so the
+prompt never depends on which candidate is the true one.
+
+The batched scorer (:func:`score_candidates`) runs one forward pass per batch of samples over
+``[prompt, candidate 1, ..., candidate K]`` packed into one row, with a block attention mask: prompt tokens are
+causal among themselves, candidate k's tokens see the whole prompt and their own earlier tokens, never another
+candidate. Positions restart after the prompt for every candidate (``prompt_len + j``), so each candidate sees
+exactly the positions it would see alone. Sliding-window layers (Gemma-3: 5 of 6) get their own mask, where
+the window is measured in those positions (``pos_q - pos_kv < sliding_window``), not in packed indices; the
+mask of every layer type is passed to the decoder (a dict keyed by ``config.layer_types``), so transformers'
+own index-based window is never applied to the packed row. A candidate's last token (eos) predicts nothing and
+is not fed; identical candidate texts of one sample are run once and get identical scores. This is the same
+computation as one forward pass of ``prompt + candidate`` per candidate (:func:`score_candidates_naive`, which
+uses the training forward, ``model.hidden_states``), to float rounding, at the cost of one prompt instead of K.
+(The alternative, a KV cache of the prompt repeated for the K candidates, gives the same numbers; the packed
+row needs no cache bookkeeping and its sliding window is exact by construction.)
+
+Ties. Candidates with equal scores are ranked in the order they appear in the prompt (a stable sort). That
+order is a seeded permutation of RecBole's list that does not depend on the label (``TaskBuilder``), so ties are
+broken at random but reproducibly. RecBole's ``Collector`` then gets the rank-derived scores ``K - rank``
+(no ties left for its ``torch.topk``) and builds ``rec.topk`` itself.
+"""
+
+import dataclasses
+
+import torch
+
+from recbole_ckf.data.collate import collate
+from recbole_ckf.errors import CKFError
+from recbole_ckf.evaluator.inference import batches, eval_mode, llm_device, max_history, n_batches, progress, \
+    prompt_only, to_device
+from recbole_ckf.model.multi_lora import activate
+
+_LOGIT_CHUNK_ELEMENTS = 1 << 25  # rows x vocab per log-softmax chunk (Gemma: 128 rows, 128 MiB in float32)
+
+
+def prompt_only(enc):
+    return dataclasses.replace(enc, input_ids=enc.input_ids[: enc.prompt_len], labels=enc.labels[: enc.prompt_len])
+
+
+def encode_candidates(encoder, samples, slotted):
+    """``[(prompt, answers), ...]`` per sample: the shared prompt (an ``Encoded`` without answer tokens) and the
+    answer token ids of each candidate in prompt order (item text + eos, tokenized by the encoder exactly as
+    training answers are). Each prompt is truncated so that its longest candidate answer fits."""
+    out, probes = [], []
+    for sample in samples:
+        texts = [encoder.renderer.item_texts[c] for c in sample.candidates]
+        answers = encoder._answers([dataclasses.replace(sample, answer=t) for t in texts], True)
+        longest = max(range(len(texts)), key=lambda k: len(answers[k])) if texts else None
+        probes.append(dataclasses.replace(sample, answer=texts[longest] if texts else ""))
+        out.append(answers)
+    prompts = [prompt_only(e) for e in encoder.encode_all(probes, slotted)]
+    return list(zip(prompts, out))
+
+
+def _reduce(logprobs, reduction):
+    if reduction == "mean":
+        return logprobs.mean()
+    if reduction == "sum":
+        return logprobs.sum()
+    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def _row_logprobs(model, hidden, rows, targets):
+    """log p(targets[i] | hidden[rows[i]]), log-softmax over the full vocabulary, chunked over unique rows."""
+    out = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
+    if not len(targets):
+        return out
+    rows = torch.as_tensor(rows, device=hidden.device)
+    targets = torch.as_tensor(targets, device=hidden.device)
+    unique, inverse = torch.unique(rows, return_inverse=True)
+    vocab = model.llm.get_base_model().lm_head.weight.shape[0]
+    chunk = max(1, _LOGIT_CHUNK_ELEMENTS // vocab)
+    for start in range(0, unique.numel(), chunk):
+        logp = model._logits(hidden[unique[start:start + chunk]]).float().log_softmax(-1)
+        sel = (inverse >= start) & (inverse < start + chunk)
+        out[sel] = logp[inverse[sel] - start, targets[sel]]
+    return out
+
+
+def _block_masks(seg, pos, config, attn_impl, dtype):
+    """The attention mask(s) of packed ``[prompt, candidate 1, ..., candidate K]`` rows.
+
+    ``seg``: 0 prompt, k >= 1 candidate block k, -1 padding; ``pos``: the position ids. Returns what the decoder
+    takes as ``attention_mask``: a dict keyed by layer type for decoders with ``config.layer_types`` (Gemma-3),
+    else one 4-D mask. Boolean (True = attend) for sdpa, additive for eager.
+    """
+    B, T = seg.shape
+    idx = torch.arange(T, device=seg.device)
+    valid = seg >= 0
+    causal = (idx[:, None] >= idx[None, :]).unsqueeze(0)
+    visible = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
+    allowed = causal & visible & valid[:, None, :] & valid[:, :, None]
+    allowed |= (~valid[:, :, None]) & torch.eye(T, dtype=torch.bool, device=seg.device)  # padding sees itself
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if window is not None:
+        in_window = (pos[:, :, None] - pos[:, None, :]) < window
+        sliding = allowed & (in_window | ~valid[:, :, None])
+    else:
+        sliding = allowed
+
+    def fmt(mask):
+        mask = mask.unsqueeze(1)
+        if attn_impl == "sdpa":
+            return mask
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+    if layer_types:
+        masks = {"full_attention": fmt(allowed)}
+        if "sliding_attention" in layer_types:
+            masks["sliding_attention"] = fmt(sliding)
+        unknown = set(layer_types) - set(masks)
+        if unknown:
+            raise CKFError(f"llm: packed candidate scoring does not support the attention layer types "
+                           f"{sorted(unknown)} of this model")
+        return masks
+    uses_window = window is not None and getattr(config, "use_sliding_window", True)
+    return fmt(sliding if uses_window else allowed)
+
+
+def _packed_scores(model, prompts, answers, slotted, reduction, device):
+    """Scores of one batch: ``prompts`` (Encoded, prompt only) and ``answers`` (per sample, per candidate ids)."""
+    base = model.llm.get_base_model()
+    attn_impl = getattr(base.config, "_attn_implementation", "sdpa")
+    pad_id = model.tokenizer.pad_token_id
+    prompt_batch = collate(prompts, pad_id, max_history(model))
+    rows_ids, rows_seg, rows_pos = [], [], []
+    owners = []  # per sample: for each candidate, its unique block number
+    blocks = []  # per sample: list of (start index, answer ids) of unique answers
+    for enc, cands in zip(prompts, answers):
+        ids, seg, pos = list(enc.input_ids), [0] * enc.prompt_len, list(range(enc.prompt_len))
+        seen, owner, blk = {}, [], []
+        for ans in cands:
+            key = tuple(ans)
+            if key not in seen:
+                seen[key] = len(blk)
+                blk.append((len(ids), ans))
+                fed = ans[:-1]  # the last answer token predicts nothing
+                ids += fed
+                seg += [len(blk)] * len(fed)
+                pos += [enc.prompt_len + j for j in range(len(fed))]
+            owner.append(seen[key])
+        rows_ids.append(ids), rows_seg.append(seg), rows_pos.append(pos)
+        owners.append(owner), blocks.append(blk)
+    T = max(len(r) for r in rows_ids)
+    B = len(prompts)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    seg = torch.full((B, T), -1, dtype=torch.long)
+    pos = torch.zeros((B, T), dtype=torch.long)
+    for b in range(B):
+        n = len(rows_ids[b])
+        input_ids[b, :n] = torch.tensor(rows_ids[b])
+        seg[b, :n] = torch.tensor(rows_seg[b])
+        pos[b, :n] = torch.tensor(rows_pos[b])
+    batch = dict(prompt_batch, input_ids=input_ids)
+    batch = to_device(batch, device)
+    seg, pos = seg.to(device), pos.to(device)
+
+    activate(model.llm, "sequential")
+    embeds = model.input_embeddings(batch, slotted)
+    mask = _block_masks(seg, pos, base.config, attn_impl, embeds.dtype)
+    hidden = base.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+
+    # rows of `hidden` (flattened B*T) that predict each answer token
+    rows, targets, owner_of = [], [], []
+    n_blocks = 0
+    for b, enc in enumerate(prompts):
+        for start, ans in blocks[b]:
+            for j, tok in enumerate(ans):
+                rows.append(b * T + (enc.prompt_len - 1 if j == 0 else start + j - 1))
+                targets.append(tok)
+                owner_of.append(n_blocks)
+            n_blocks += 1
+    logp = _row_logprobs(model, hidden.reshape(B * T, -1), rows, targets)
+    owner_of = torch.tensor(owner_of, device=logp.device)
+    block_scores = [_reduce(logp[owner_of == k], reduction) for k in range(n_blocks)]
+    out, k0 = [], 0
+    for b in range(B):
+        out.append(torch.stack([block_scores[k0 + o] for o in owners[b]]).cpu())
+        k0 += len(blocks[b])
+    return out
+
+
+def _check_attention(model):
+    impl = getattr(model.llm.get_base_model().config, "_attn_implementation", "sdpa")
+    if impl not in ("sdpa", "eager"):
+        raise CKFError(
+            f"llm: packed candidate scoring needs attn_implementation 'sdpa' or 'eager' (custom block masks), "
+            f"this model uses {impl!r}; load the model with sdpa or eager attention")
+
+
+def score_candidates(model, encoder, samples, slotted=True, batch_size=16, reduction="mean", autocast=False,
+                     show_progress=False):
+    """Score every candidate of every sequential sample in one batched pass per ``batch_size`` samples.
+
+    Returns a list (one entry per sample) of float32 CPU tensors ``[len(sample.candidates)]``: the mean (or sum,
+    ``reduction="sum"``) log-probability of each candidate's answer tokens, in prompt order.
+    """
+    _check_attention(model)
+    device = llm_device(model)
+    scores = []
+    with eval_mode(model, autocast):
+        encoded = encode_candidates(encoder, samples, slotted)
+        for chunk in progress(batches(encoded, batch_size), show_progress, n_batches(len(encoded), batch_size),
+                              "sequential"):
+            prompts = [p for p, _ in chunk]
+            answers = [a for _, a in chunk]
+            scores += _packed_scores(model, prompts, answers, slotted, reduction, device)
+    return scores
+
+
+def score_candidates_naive(model, encoder, samples, slotted=True, reduction="mean", autocast=False):
+    """The reference scorer: one forward pass of ``prompt + candidate answer`` per candidate, through the
+    training forward (``model.hidden_states``, right padding, the model's own causal masks). Same output as
+    :func:`score_candidates`; K times the prompt work."""
+    device = llm_device(model)
+    scores = []
+    with eval_mode(model, autocast):
+        for prompt, answers in encode_candidates(encoder, samples, slotted):
+            row = []
+            for ans in answers:
+                enc = dataclasses.replace(prompt, input_ids=prompt.input_ids + ans,
+                                          labels=[-100] * prompt.prompt_len + ans)
+                batch = to_device(collate([enc], model.tokenizer.pad_token_id, max_history(model)), device)
+                hidden = model.hidden_states(batch, slotted)[0]
+                at = list(range(prompt.prompt_len - 1, prompt.prompt_len - 1 + len(ans)))
+                logp = model._logits(hidden[at]).float().log_softmax(-1)
+                row.append(_reduce(logp[torch.arange(len(ans)), torch.tensor(ans, device=logp.device)], reduction))
+            scores.append(torch.stack(row).cpu())
+    return scores
+
+
+def rank_candidates(scores):
+    """Candidate indices from best to worst: by score, ties in prompt order (a stable sort); NaN ranks last."""
+    s = torch.nan_to_num(scores.double(), nan=float("-inf"))
+    return sorted(range(len(s)), key=lambda k: (-s[k].item(), k))
+
+
+def ranking_scores(scores_list, width=None):
+    """``[N, width]`` scores for RecBole's Collector without ties: ``K - rank`` per candidate, ``-inf`` padding."""
+    width = width or max(len(s) for s in scores_list)
+    out = torch.full((len(scores_list), width), float("-inf"))
+    for b, scores in enumerate(scores_list):
+        for rank, k in enumerate(rank_candidates(scores)):
+            out[b, k] = float(len(scores) - rank)
+    return out
