@@ -470,6 +470,7 @@ def markdown(report):
                   "`python benchmarks/run_benchmarks.py --ckf` (~20 min on 2 CPU cores) or pass "
                   "`--ckf-results FILE`.", ""]
     else:
+        lines += goal_and_ablation_lines(report)
         lines += ["## CKF runs", ""]
         seen = {}
         for r in ckf:
@@ -486,6 +487,40 @@ def markdown(report):
         lines.append(f"| {r['model']} | {r['task']} | {s} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def goal_and_ablation_lines(report):
+    """The issue's goal (CKF against the best baseline on ctr AUC and sequential NDCG@3) and the ablation table
+    (each CKF variant's headline metric per task, and its difference to CKF), on CKF's test users."""
+    rows, n = report["rows"], report["protocol"]["ckf_test_users"]
+    lines = [f"## Goal: CKF against the best baseline ({n} users)", "",
+             "| task | metric | CKF | best baseline | CKF - best |", "|---|---|---|---|---|"]
+    ckf = {r["task"]: r for r in rows if r["model"] == "CKF"}
+    for task, metric in (("ctr", "auc"), ("sequential", "ndcg@3")):
+        base = [r for r in rows if r["task"] == task and r["kind"] == "baseline" and metric in r["ckf_users"]]
+        if task not in ckf or not base:
+            continue
+        best = max(base, key=lambda r: r["ckf_users"][metric])
+        value, top = ckf[task]["ckf_users"].get(metric), best["ckf_users"][metric]
+        gap = f"{value - top:+.4f}" if value is not None else "n/a"
+        lines.append(f"| {task} | {metric} | {_fmt(value)} | {best['model']} {_fmt(top)} | {gap} |")
+    variants = [name for name in ABLATIONS if any(r["model"] == name for r in rows)]
+    if len(variants) < 2 or "CKF" not in variants:
+        return lines + [""]
+    tasks = [t for t in report["tasks"] if t in ckf]
+    lines += ["", f"## Ablations ({n} users; in brackets: the variant minus CKF)", "",
+              "| variant | " + " | ".join(f"{t} {HEADLINE[t]}" for t in tasks) + " |",
+              "|---|" + "---|" * len(tasks)]
+    for name in variants:
+        cells = []
+        for task in tasks:
+            row = next((r for r in rows if r["model"] == name and r["task"] == task), None)
+            value = row["ckf_users"].get(HEADLINE[task]) if row else None
+            ref = ckf[task]["ckf_users"].get(HEADLINE[task])
+            diff = f" ({value - ref:+.4f})" if name != "CKF" and value is not None and ref is not None else ""
+            cells.append(_fmt(value) + diff)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + ["", "Lower is better for rmse; higher for the others.", ""]
 
 
 def plot(reports, path):
