@@ -3,8 +3,8 @@ candidate lists, on ml-100k (ctr, sequential, rating) and amazon-instruments (ct
 explanation).
 
     python benchmarks/run_benchmarks.py                                   # baselines on both data sets
-    python benchmarks/run_benchmarks.py --ckf                             # + CKF (Gemma-3-270M), ~20 min/data set
-    python benchmarks/run_benchmarks.py --ckf --ablations                 # + the four ablations (~20 min each)
+    python benchmarks/run_benchmarks.py --ckf                             # + CKF (Gemma-3-270M), 9-13 min/data set
+    python benchmarks/run_benchmarks.py --ckf --ablations                 # + the four ablations (9-13 min each)
     python benchmarks/run_benchmarks.py --datasets amazon-instruments --skip-baselines \
         --ckf-results benchmarks/results/ckf_amazon-instruments.json --variants no_cf,single_lora   # some only
     python benchmarks/run_benchmarks.py --ckf-results FILE [FILE ...]     # CKF numbers from an earlier run
@@ -283,7 +283,7 @@ def run_ckf(dataset, variants, ckf_overrides, workdir):
     for name in variants:
         overrides = {**QUIET, **ckf_overrides, **ABLATIONS[name],
                      "checkpoint_dir": os.path.join(REPO, "saved", "benchmarks")}
-        log(f"{dataset}: {name} (a CKF run: ~20 minutes with Gemma-3-270M on 2 CPU cores)")
+        log(f"{dataset}: {name} (a CKF run: 9-13 minutes with Gemma-3-270M on 2 quiet CPU cores)")
         start = time.perf_counter()
         result = run_recbole_ckf("CKF", dataset, config_dict=overrides)
         config = Config("CKF", dataset, config_dict=overrides)
@@ -467,7 +467,7 @@ def markdown(report):
     ckf = [r for r in report["rows"] if r["kind"] == "ckf"]
     if not ckf:
         lines += ["## CKF", "", "CKF (Gemma-3-270M) is **pending** for this data set: run "
-                  "`python benchmarks/run_benchmarks.py --ckf` (~20 min on 2 CPU cores) or pass "
+                  "`python benchmarks/run_benchmarks.py --ckf` (9-13 min on 2 CPU cores) or pass "
                   "`--ckf-results FILE`.", ""]
     else:
         lines += goal_and_ablation_lines(report)
