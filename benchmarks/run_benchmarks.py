@@ -89,6 +89,7 @@ ABLATIONS = {
     "CKF backbone BPR": {"backbone": "BPR"},
 }
 VARIANTS = dict(zip(["ckf", "no_cf", "single_lora", "no_meta", "bpr"], ABLATIONS))
+PLOT_LABELS = dict(zip(ABLATIONS, ["CKF", "CKF w/o CF", "CKF 1 LoRA", "CKF w/o meta", "CKF BPR"]))
 SETTING_KEYS = {
     "all": ["epochs", "stopping_step", "eval_step", "train_batch_size", "learning_rate", "learner", "weight_decay",
             "embedding_size", "valid_metric"],
@@ -552,7 +553,7 @@ def plot(reports, path):
                 if not np.isnan(v):
                     ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(x)
-        ax.set_xticklabels(models, rotation=30, ha="right", fontsize=8)
+        ax.set_xticklabels([PLOT_LABELS.get(m, m) for m in models], rotation=30, ha="right", fontsize=8)
         ax.set_title(title)
         if task == "ctr":
             ax.axhline(0.5, color="grey", lw=0.8, ls="--")
