@@ -63,5 +63,17 @@ def make_small_config():
     return small_config
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): the
+    tiny LM gains nothing from a second thread; on a busy 2-core machine, it only spins."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: needs the real Gemma-3-270M (minutes); run with RECBOLE_CKF_SLOW=1")

@@ -33,13 +33,7 @@ def _adapter_of(name):
     return name.split(".")[-2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny LM gains nothing from a second thread; on a busy 2-core machine, it only spins."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 import recbole_ckf  # noqa: F401  (compatibility fixes before recbole)
 from conftest import small_config
@@ -28,15 +27,7 @@ from recbole_ckf.model.llm import ITEM_TOKEN, USER_TOKEN
 
 AMAZON, ML = "amazon-instruments", "ml-100k"
 NO_TEXT = "an item with no description"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Nothing here gains from a second torch thread; on a busy 2-core machine, it only spins."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _build(name, tmp):
