@@ -14,16 +14,23 @@ Differences from ``recbole.config.Config`` (each for a reason a RecBole user wou
   from RecBole's wheel, as in RecBole);
 * devices are left to Accelerate: RecBole's Config would set ``CUDA_VISIBLE_DEVICES`` and start its own
   distributed group from ``local_rank``;
+* ``eval_args`` given in part (``--eval_args="{'mode': 'pop9'}"``) changes only those keys: the others keep the
+  property files' values (RecBole would fill them with its own defaults, a random 8:1:1 split);
 * user mistakes (missing or malformed yaml, unknown model or data set, out-of-range values) raise
-  :class:`~recbole_ckf.errors.CKFError` with one line.
+  :class:`~recbole_ckf.errors.CKFError` with one line; so do RecBole settings that RecBole would accept and then
+  fail on after the data is read (``valid_metric`` not among ``metrics``/``topk``, ranking metrics in ``labeled``
+  mode, malformed ``eval_args`` or ``train_neg_sample_args``, ``load_col`` without the fields the split needs, a
+  CKF run in ``full`` mode, ...): :mod:`recbole_ckf.settings_check`, run while the Config is built.
 """
 
+import copy
 import os
 
 import yaml
 from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 
+from recbole_ckf import settings_check
 from recbole_ckf.errors import CKFError
 from recbole_ckf.registry import get_model
 
@@ -76,11 +83,12 @@ class Config(RecBoleConfig):
         self._cmd_args = dict(cmd_args or {})
         try:
             super().__init__(model, dataset, config_file_list, config_dict)
-        except (NotImplementedError, RuntimeError, TypeError) as err:
-            # RecBole's own checks (unknown metric, mixed metric types, bad topk): a user's config mistake
+        except (NotImplementedError, RuntimeError, TypeError, ValueError) as err:
+            # RecBole's own checks that settings_check does not anticipate: a user's config mistake
             raise CKFError(f"config: {err}") from None
         self._check_values()
         self._check_dataset_folder()
+        ckf_tasks = None
         if getattr(self.model_class, "type", None) is not None and self.model == "CKF":
             from recbole_ckf.data.fields import add_text_columns
 
@@ -92,7 +100,9 @@ class Config(RecBoleConfig):
             self["normalize_field"] = [f for f in (self["normalize_field"] or []) if f != rating] or None
             from recbole_ckf.data.fields import available_tasks
 
-            available_tasks(self)  # an unknown or unavailable task fails here, before anything is read or written
+            ckf_tasks, _ = available_tasks(self)  # an unknown or unavailable task fails here, before anything is read
+        # RecBole settings that would end in a traceback (or in nothing) after the data is read: refused here
+        settings_check.check_config(self, ckf_tasks, explicit_valid_metric="valid_metric" in self.external_config_dict)
 
     # ---- where values come from -------------------------------------------------------------------
     def _init_parameters_category(self):
@@ -140,6 +150,11 @@ class Config(RecBoleConfig):
 
     def _get_final_config_dict(self):
         final = super()._get_final_config_dict()
+        # eval_args: the user's keys over the property files' (RecBole would fill the missing ones with its own
+        # defaults, RS 8:1:1 in random order, silently replacing the plugin's leave-one-out split)
+        base, given = self.internal_config_dict.get("eval_args"), self.external_config_dict.get("eval_args")
+        if isinstance(base, dict) and isinstance(given, dict):
+            final["eval_args"] = {**copy.deepcopy(base), **given}
         if final.get("MODEL_TYPE") in (ModelType.CONTEXT, ModelType.DECISIONTREE):
             self._set_context_task(final)
         return final
@@ -160,6 +175,11 @@ class Config(RecBoleConfig):
         final["normalize_all"] = False
         final["metrics"] = ["RMSE", "MAE"]
         final["valid_metric"] = "RMSE"
+
+    def _set_default_parameters(self):
+        # before RecBole reads metrics, eval_args and train_neg_sample_args (it raises ValueError, or nothing)
+        settings_check.check_raw(self.final_config_dict, self.model, self.model_class)
+        super()._set_default_parameters()
 
     # ---- devices: Accelerate owns them ----------------------------------------------------------------
     def _init_device(self):
