@@ -1,0 +1,429 @@
+"""Two-stage recommendation from a trained CKF checkpoint (issue #13, part 1).
+
+    python run_recbole_ckf.py --checkpoint=saved/CKF-<dataset>-<time> --recommend --users=A1B2,C3D4 --topk=10 \\
+        [--output=recs.json|recs.md]
+
+    from recbole_ckf import recommend
+    rows = recommend("saved/CKF-amazon-instruments-<time>", ["A1B2", "C3D4"], topk=10)
+
+The checkpoint's ``meta.json`` names the data set and holds the model's config; the data set is loaded and split
+as for ``--eval_only`` and the model restored with :func:`~recbole_ckf.trainer.checkpoint.load_checkpoint`.
+User ids are the data set's ORIGINAL tokens (amazon reviewerIDs, ml-100k user ids as strings).
+
+Stage 1, retrieval: the frozen CF backbone scores the whole catalogue, ``e_u . e_v``
+(:meth:`CKF.backbone_scores`), and keeps the top ``recommend_retrieve`` items (default 20; at least ``topk``).
+Every item the user interacted with anywhere in the data (training, validation AND test splits) is excluded:
+recommending something the user already bought or rated is useless.
+
+Stage 2, re-ranking and prediction, by the language model (``recommend_rerank``):
+
+* ``ckf`` (default): CKF's listwise sequential prompt ("which of these comes next: (A) ... (J) ...?") over the
+  retrieved items, the user's history being all their interactions in time order. One prompt takes at most
+  ``n_candidates`` (10) items, so the N items are split into ``ceil(N / n_candidates)`` lists that each see
+  every item once. To make scores of different lists comparable, the lists are *stratified*: list j takes the
+  backbone's ranks j, j + m, j + 2m, ... (m lists), so every list holds a similar mix of strong and weak items
+  and the lists differ in size by at most one. An item's CKF score is its log-softmax over its list's letters
+  plus log(list size): the log-lift over picking uniformly in that list (0 = no preference, > 0 = preferred),
+  which is what stays comparable between lists of (nearly) equal size and mix. Within a list the items are in a
+  seeded order (as in evaluation, the model was trained with the true item at random positions). Equal scores
+  are broken by the backbone's rank. With ``sequential_answer: title`` the score is the mean log-probability of
+  the item's text (already comparable between lists; no normalisation).
+* ``fusion``: ``(1 - w) * z(CKF score) + w * z(backbone score)``, z standardised over the user's N retrieved
+  items; ``w = recommend_fusion_weight``, else the weight the checkpoint's ``meta.json`` holds
+  (``adjust.sequential.backbone_weight``, as :func:`~recbole_ckf.evaluator.task_eval.fit_adjustments` fits it),
+  else 0.5.
+* ``backbone``: the backbone's order, no LM re-ranking.
+
+In every mode the LM predicts, for the top-k items, the rating (expected stars over the five digit answers, as
+``CKF.predict_rating``) and P(like) (P(Yes) against P(No), as ``CKF.predict_ctr``), and writes a one-line
+explanation (greedy decoding of the explanation task's headline). Where the checkpoint's ``meta.json`` holds a
+calibration fitted on validation (``adjust.ctr.platt``, ``adjust.rating.linear``), it is applied; otherwise the
+raw outputs are shown (CKF trains ctr on class-balanced batches: a raw P(like) is not a calibrated rate). A task
+the model does not have (the explanation on ml-100k) leaves its column empty.
+"""
+
+import difflib
+import math
+import os
+
+from recbole_ckf.errors import CKFError
+
+RERANK_MODES = ("ckf", "fusion", "backbone")
+DEFAULT_RETRIEVE = 20
+DEFAULT_FUSION_WEIGHT = 0.5
+#: output columns: (row key, header)
+COLUMNS = (("user", "user"), ("rank", "rank"), ("item", "item"), ("item_text", "item text"),
+           ("backbone_score", "backbone score"), ("ckf_score", "CKF score"), ("fused_score", "fused score"),
+           ("rating", "rating"), ("p_like", "P(like)"), ("explanation", "explanation"))
+OUTPUT_SUFFIXES = (".json", ".md")
+
+
+# ---- inputs ---------------------------------------------------------------------------------------------
+def checkpoint_folder(path):
+    """The checkpoint folder of ``path``: ``path`` itself when it holds ``meta.json``, else its ``best/``
+    (``path`` being a run folder such as ``saved/CKF-<dataset>-<time>``)."""
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    best = os.path.join(path, "best")
+    if not os.path.isfile(os.path.join(path, "meta.json")) and os.path.isdir(best):
+        return best
+    return path
+
+
+def parse_users(users):
+    """A list of user tokens from ``"A,B"`` or an iterable; duplicates dropped, order kept."""
+    if isinstance(users, str):
+        users = users.split(",")
+    out = []
+    for u in users:
+        u = str(u).strip()
+        if u and u not in out:
+            out.append(u)
+    if not out:
+        raise CKFError("recommend: no user given (expected --users=ID[,ID...], the data set's original user ids)")
+    return out
+
+
+def check_output(path):
+    if path is None:
+        return None
+    if os.path.splitext(str(path))[1].lower() not in OUTPUT_SUFFIXES:
+        raise CKFError(f"output: '{path}' should end with .json or .md")
+    return str(path)
+
+
+def _int(value, key, minimum):
+    try:
+        number = int(str(value).strip()) if not isinstance(value, (bool, float)) else None
+    except ValueError:
+        number = None
+    if number is None or number < minimum:
+        raise CKFError(f"{key}: expected an integer >= {minimum}, got {value!r}")
+    return number
+
+
+def _setting(config, key, given, default):
+    if given is not None:
+        return given
+    try:
+        value = config[key]
+    except KeyError:
+        value = None
+    return default if value is None else value
+
+
+def map_users(dataset, users):
+    """RecBole ids of the user tokens ``users``; an unknown token is one ``CKFError`` line with the closest
+    known tokens (difflib)."""
+    field = dataset.uid_field
+    token_id = dataset.field2token_id[field]
+    ids = []
+    for u in users:
+        if u not in token_id or token_id[u] == 0:  # 0 is RecBole's [PAD]
+            known = [t for t, i in token_id.items() if i != 0]
+            close = difflib.get_close_matches(u, known, n=3, cutoff=0.0)
+            raise CKFError(f"unknown user '{u}' in data set '{dataset.dataset_name}'; closest known: "
+                           f"{', '.join(close) if close else '(none)'}")
+        ids.append(int(token_id[u]))
+    return ids
+
+
+# ---- the model --------------------------------------------------------------------------------------------
+class Recommender:
+    """A CKF checkpoint loaded with its data set, ready to recommend (load once, call :meth:`recommend` often).
+
+    ``config_dict`` / ``cmd_args`` override the checkpoint's config (e.g. ``data_path``, ``device``,
+    ``recommend_retrieve``, ``recommend_rerank``, ``explanation_max_tokens``)."""
+
+    def __init__(self, checkpoint, config_file_list=None, config_dict=None, cmd_args=None, users=None):
+        from recbole.utils import init_seed
+
+        from recbole_ckf.config import Config
+        from recbole_ckf.data.collate import Encoder
+        from recbole_ckf.data.tasks import user_sequences
+        from recbole_ckf.quick_start import load_data
+        from recbole_ckf.trainer.checkpoint import load_checkpoint, read_meta
+        from recbole_ckf.trainer.trainer import resolve_mixed_precision
+
+        self.path = checkpoint_folder(checkpoint)
+        self.meta = read_meta(self.path)  # one-line errors for a missing folder, file or a garbage meta.json
+        dataset_name = self.meta.get("dataset")
+        saved = dict(self.meta.get("config") or {})
+        config = Config("CKF", dataset_name, config_file_list, {**saved, **(config_dict or {})}, cmd_args)
+        if config["dataset"] != dataset_name:
+            raise CKFError(f"checkpoint '{self.path}' was trained on data set '{dataset_name}', not "
+                           f"'{config['dataset']}'")
+        self.config = config
+        init_seed(config["seed"], config["reproducibility"])
+        self.dataset, train_data, valid_data, test_data = load_data(config)
+        if users is not None:  # unknown ids are refused before the language model is loaded
+            map_users(self.dataset, parse_users(users))
+        # every interaction of every user in time order: training, then validation, then test (the order in
+        # which the test prompts see them)
+        self.sequences = {}
+        for split in (train_data.dataset, valid_data.dataset, test_data.dataset):
+            for u, seq in user_sequences(config, self.dataset, split).items():
+                own = self.sequences.setdefault(u, ([], []))
+                own[0].extend(seq[0])
+                own[1].extend(seq[1])
+        init_seed(config["seed"], config["reproducibility"])
+        self.model = config.model_class(config, train_data.dataset)
+        load_checkpoint(self.model, self.path)
+        self.model.to(config["device"])
+        self.model.eval()
+        self.encoder = Encoder(self.model.tokenizer, self.model.renderer, config["max_length"])
+        self.autocast = resolve_mixed_precision(config["mixed_precision"], cuda=config["device"].type == "cuda") == "bf16"
+        self.batch_size = int(config["eval_batch_size"] or 16)
+
+    # ---- pieces -----------------------------------------------------------------------------------------
+    def interacted(self, user):
+        """Every item ``user`` interacted with in the data (all splits)."""
+        return set(self.sequences.get(user, ([], []))[0])
+
+    def retrieve(self, user, n):
+        """Stage 1: ``[(item, e_u . e_v), ...]``, the backbone's top ``n`` over the whole catalogue without the
+        user's own items (and the padding item 0); equal scores in item id order."""
+        import numpy as np
+
+        n_items = int(self.model.n_items)
+        items = np.arange(n_items)
+        scores = self.model.backbone_scores([user] * n_items, items).double().numpy()
+        keep = np.ones(n_items, dtype=bool)
+        keep[0] = False
+        keep[list(self.interacted(user))] = False
+        items, scores = items[keep], scores[keep]
+        order = np.lexsort((items, -scores))[:n]
+        return [(int(items[k]), float(scores[k])) for k in order]
+
+    def _sample(self, task, user, item, candidates=()):
+        from recbole_ckf.data.tasks import Sample
+
+        items, ratings = self.sequences.get(user, ([], []))
+        shown = self.model.config["max_history"]
+        pooled = max(self.model.config["pool_history"] or shown, shown)
+        history = items[max(0, len(items) - shown):]
+        hist_ratings = ratings[max(0, len(items) - shown):] if ratings and ratings[0] is not None else None
+        return Sample(task, user, item, list(history), hist_ratings, candidates=list(candidates), label=0.0,
+                      answer="", pool=items[max(0, len(items) - pooled):])
+
+    def ckf_scores(self, user, items):
+        """Stage 2 (``ckf``): CKF's listwise score of each of ``items`` (see the module docstring: stratified
+        lists of at most ``n_candidates`` items; log-softmax over the list's letters + log(list size))."""
+        import numpy as np
+
+        from recbole_ckf.data.templates import LABELS
+        from recbole_ckf.evaluator.candidate_scoring import score_candidates
+        from recbole_ckf.evaluator.inference import predict_answer_logits
+
+        model = self.model
+        width = max(1, min(int(self.config["n_candidates"]), len(LABELS)))
+        m = math.ceil(len(items) / width)
+        lists = [items[j::m] for j in range(m)]  # stratified by backbone rank: list j holds ranks j, j+m, ...
+        for j, lst in enumerate(lists):  # a seeded order per user and list, as the evaluation's lists
+            order = np.random.default_rng([int(self.config["seed"]), int(user), j]).permutation(len(lst))
+            lists[j] = [lst[k] for k in order]
+        samples = [self._sample("sequential", user, lst[0], lst) for lst in lists]
+        slotted = bool(model.use_cf)
+        if "sequential" in model.answer_ids:
+            logits = predict_answer_logits(model, self.encoder, samples, slotted, self.batch_size, self.autocast)
+            rows = [row[: len(s.candidates)].double().log_softmax(-1) + math.log(len(s.candidates))
+                    for row, s in zip(logits, samples)]
+        else:  # sequential_answer: title: mean log-probability of each item's text
+            rows = score_candidates(model, self.encoder, samples, slotted, self.batch_size,
+                                    self.config["sequential_score"] or "mean", self.autocast)
+        scores = {}
+        for s, row in zip(samples, rows):
+            for item, value in zip(s.candidates, row.tolist()):
+                scores[item] = float(value)
+        return [scores[i] for i in items]
+
+    def point_predictions(self, user, items):
+        """``(ratings, p_likes)`` of ``items`` (None for a task the model does not have)."""
+        import torch
+
+        from recbole_ckf.evaluator.calibration import apply_linear, apply_platt
+        from recbole_ckf.evaluator.inference import predict_answer_logits
+
+        model = self.model
+        adjust = self.meta.get("adjust") or {}
+        slotted = bool(model.use_cf)
+        out = {}
+        for task in ("rating", "ctr"):
+            if task not in model.tasks or not items:
+                out[task] = [None] * len(items)
+                continue
+            samples = [self._sample(task, user, i) for i in items]
+            logits = predict_answer_logits(model, self.encoder, samples, slotted, self.batch_size, self.autocast)
+            if task == "ctr":
+                logit = logits[:, 0] - logits[:, 1]
+                platt = (adjust.get("ctr") or {}).get("platt")
+                values = apply_platt(logit, platt) if platt else torch.sigmoid(logit.double())
+            else:
+                values = logits.softmax(-1) @ torch.arange(1, 6, dtype=logits.dtype)
+                linear = (adjust.get("rating") or {}).get("linear")
+                if linear:
+                    values = apply_linear(values, linear, 1.0, 5.0)
+            out[task] = [float(v) for v in values.tolist()]
+        return out["rating"], out["ctr"]
+
+    def explanations(self, user, items):
+        from recbole_ckf.evaluator.generation import generate_explanations
+
+        model = self.model
+        if "explanation" not in model.tasks or not items:
+            return [None] * len(items)
+        samples = [self._sample("explanation", user, i) for i in items]
+        return generate_explanations(model, self.encoder, samples, bool(model.use_cf), self.batch_size,
+                                     autocast=self.autocast)
+
+    def fusion_weight(self):
+        given = _setting(self.config, "recommend_fusion_weight", None, None)
+        if given is None:
+            given = ((self.meta.get("adjust") or {}).get("sequential") or {}).get("backbone_weight")
+        w = DEFAULT_FUSION_WEIGHT if given is None else float(given)
+        if not 0.0 <= w <= 1.0:
+            raise CKFError(f"recommend_fusion_weight: expected a number in [0, 1], got {given!r}")
+        return w
+
+    # ---- the whole thing ----------------------------------------------------------------------------------
+    def recommend(self, users, topk=10, retrieve=None, rerank=None):
+        """Rows (dicts, keys :data:`COLUMNS`) of the top ``topk`` items of each user in ``users``."""
+        import torch
+
+        from recbole_ckf.evaluator.fusion import blend_lists
+
+        tokens = parse_users(users)
+        ids = map_users(self.dataset, tokens)
+        topk = _int(topk, "topk", 1)
+        n = max(_int(_setting(self.config, "recommend_retrieve", retrieve, DEFAULT_RETRIEVE),
+                     "recommend_retrieve", 1), topk)
+        mode = str(_setting(self.config, "recommend_rerank", rerank, "ckf")).lower()
+        if mode not in RERANK_MODES:
+            raise CKFError(f"recommend_rerank: expected one of {', '.join(RERANK_MODES)}, got {mode!r}")
+        w = self.fusion_weight() if mode == "fusion" else None
+        has_sequential = "sequential" in self.model.tasks
+        item_tokens = self.dataset.field2id_token[self.dataset.iid_field]
+        rows = []
+        for token, user in zip(tokens, ids):
+            retrieved = self.retrieve(user, n)
+            items = [i for i, _ in retrieved]
+            backbone = [s for _, s in retrieved]
+            ckf = self.ckf_scores(user, items) if (mode != "backbone" and has_sequential and items) else None
+            used = mode if (has_sequential or mode == "backbone") else "backbone (the model has no sequential task)"
+            fused = None
+            if ckf is not None and mode == "fusion":
+                fused = blend_lists([torch.tensor(ckf)], [torch.tensor(backbone)], w)[0].tolist()
+            key = fused if fused is not None else (ckf if (ckf is not None and mode == "ckf") else None)
+            # backbone rank breaks ties (and is the order itself in mode backbone or without a sequential task)
+            order = sorted(range(len(items)), key=lambda k: (-key[k], k) if key is not None else k)[:topk]
+            top = [items[k] for k in order]
+            ratings, likes = self.point_predictions(user, top)
+            texts = self.explanations(user, top)
+            for rank, (k, item) in enumerate(zip(order, top), start=1):
+                rows.append({
+                    "user": token, "rank": rank, "item": str(item_tokens[item]),
+                    "item_text": str(self.model.renderer.item_text(item, user)),
+                    "backbone_score": round(backbone[k], 6),
+                    "ckf_score": round(ckf[k], 6) if ckf is not None else None,
+                    "fused_score": round(fused[k], 6) if fused is not None else None,
+                    "rating": _round(ratings[rank - 1]), "p_like": _round(likes[rank - 1]),
+                    "explanation": texts[rank - 1],
+                })
+        self.last_settings = {"checkpoint": self.path, "dataset": self.config["dataset"], "llm": self.meta.get("llm"),
+                              "rerank": used, "retrieve": n, "topk": topk, "fusion_weight": w,
+                              "backbone": self.meta.get("config", {}).get("backbone")}
+        return rows
+
+
+def _round(value, digits=4):
+    return None if value is None else round(float(value), digits)
+
+
+def recommend(checkpoint, users, topk=10, retrieve=None, rerank=None, config_file_list=None, config_dict=None,
+              cmd_args=None):
+    """Two-stage recommendation for ``users`` (the data set's original user ids, a list or ``"A,B"``) from a CKF
+    checkpoint folder (or its run folder, whose ``best/`` is used). Returns one dict per (user, rank) with the
+    keys ``user, rank, item, item_text, backbone_score, ckf_score, fused_score, rating, p_like, explanation``
+    (None where the mode or the model has no such value). ``retrieve`` / ``rerank`` override the config keys
+    ``recommend_retrieve`` / ``recommend_rerank``; see the module docstring. Items the user interacted with in
+    any split are never recommended. To recommend many times, build a :class:`Recommender` once."""
+    return Recommender(checkpoint, config_file_list, config_dict, cmd_args, users=users).recommend(
+        users, topk, retrieve, rerank)
+
+
+# ---- output -----------------------------------------------------------------------------------------------
+def _cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _columns(rows):
+    """The columns to show: ``fused score`` only where some row has one."""
+    return [(k, h) for k, h in COLUMNS if k != "fused_score" or any(r.get(k) is not None for r in rows)]
+
+
+def format_table(rows):
+    """A markdown table of :func:`recommend` rows (what the CLI prints)."""
+    cols = _columns(rows)
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(k)) for k, _ in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_recommendations(rows, path, settings=None):
+    """Write ``rows`` atomically to ``path``: ``.json`` (``{"settings": ..., "rows": [...]}``) or ``.md``
+    (a heading with the settings, then :func:`format_table`)."""
+    from recbole_ckf.utils import atomic_write_json, atomic_write_text
+
+    check_output(path)
+    settings = dict(settings or {})
+    try:
+        if str(path).lower().endswith(".json"):
+            atomic_write_json(path, {"settings": settings, "rows": rows})
+        else:
+            head = "# CKF recommendations\n\n" + "".join(f"* {k}: {v}\n" for k, v in settings.items())
+            atomic_write_text(path, head + "\n" + format_table(rows))
+    except OSError as err:
+        raise CKFError(f"output: cannot write '{path}': {err.strerror or err}") from None
+    return path
+
+
+def print_recommendations(rows, output=None, settings=None, file=None):
+    """Print the table; with ``output``, also write it (see :func:`write_recommendations`)."""
+    import sys
+
+    print(format_table(rows), end="", file=file or sys.stdout)
+    if output:
+        write_recommendations(rows, output, settings)
+        print(f"recommendations written to {output}", file=file or sys.stdout)
+
+
+def run_cli(users, topk=10, output=None, config_file_list=None, cmd_args=None, model=None, dataset=None):
+    """What ``run_recbole_ckf.py --recommend`` runs: ``cmd_args`` holds ``checkpoint`` and config overrides;
+    ``model`` / ``dataset``, if given, must be CKF and the checkpoint's data set."""
+    cmd_args = dict(cmd_args or {})
+    if model not in (None, "CKF"):
+        raise CKFError(f"recommend: only CKF checkpoints recommend (got --model={model})")
+    checkpoint = cmd_args.pop("checkpoint", None)
+    if not checkpoint:
+        raise CKFError("recommend needs --checkpoint=DIR (a CKF run folder saved/CKF-<dataset>-<time>, or its "
+                       "'best' checkpoint folder)")
+    for key in ("model", "eval_only", "resume"):
+        cmd_args.pop(key, None)
+    users = parse_users(users)
+    topk = _int(topk, "topk", 1)
+    check_output(output)
+    if dataset is not None:
+        from recbole_ckf.trainer.checkpoint import read_meta
+
+        trained_on = read_meta(checkpoint_folder(checkpoint)).get("dataset")
+        if dataset != trained_on:
+            raise CKFError(f"checkpoint '{checkpoint}' was trained on data set '{trained_on}', not '{dataset}' "
+                           f"(--dataset can be left out: the checkpoint names its data set)")
+    rec = Recommender(checkpoint, config_file_list, cmd_args=cmd_args, users=users)
+    rows = rec.recommend(users, topk)
+    print_recommendations(rows, output, rec.last_settings)
+    return rows

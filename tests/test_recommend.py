@@ -1,0 +1,174 @@
+"""Two-stage recommendation from a CKF checkpoint (recbole_ckf.recommend; ``run_recbole_ckf.py --recommend``).
+
+One tiny CKF (``llm: tiny``, one epoch, tiny budgets) is trained on amazon-instruments once for the module; the
+tests recommend for two users from its run folder: the rows and their columns, ranks 1..k, CKF scores in
+descending order (mode ckf), never an item the user already has (in any split), the backbone stage being exactly
+the top N of e_u . e_v, the fusion and backbone modes, the JSON / MD outputs written atomically, and the
+one-line error (exit status 2) of an unknown user id through the real command line.
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import recbole_ckf
+from conftest import REPO, small_config
+from recbole_ckf.errors import CKFError
+from recbole_ckf.recommend import COLUMNS, Recommender, format_table, write_recommendations
+
+DATASET = "amazon-instruments"
+USERS = ["AV8MDYLHHTUOY", "A33H0WC9MI8OVW"]  # the first two reviewers of the atomic file
+TOPK = 5
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A trained tiny CKF: its run folder, the overrides to reload it, and a loaded :class:`Recommender`."""
+    from recbole_ckf.quick_start import run_recbole_ckf
+
+    tmp = tmp_path_factory.mktemp("recommend")
+    cache = str(tmp / "cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["pytest"])
+        mp.chdir(tmp)
+        run_recbole_ckf(model="CKF", dataset=DATASET, config_dict=small_config(
+            llm="tiny", llm_cache_dir=cache, epochs=1, train_samples_per_task=8, train_batch_size=4,
+            valid_users=16, eval_users=16, explanation_max_tokens=3, eval_batch_size=16, eval_step=1,
+            checkpoint_dir=str(tmp / "saved"), backbone="BPR",
+            backbone_config={"embedding_size": 16, "epochs": 1, "train_batch_size": 8192}))
+        folders = glob.glob(str(tmp / "saved" / "CKF-*"))
+        assert len(folders) == 1 and os.path.isdir(os.path.join(folders[0], "best"))
+        overrides = {"llm_cache_dir": cache, "explanation_max_tokens": 3, "show_progress": False, "state": "WARNING"}
+        rec = Recommender(folders[0], config_dict=overrides)
+    return dict(tmp=tmp, folder=folders[0], overrides=overrides, rec=rec)
+
+
+def _all_items(rec, token):
+    """Every item of user ``token`` in the whole data set (all splits), as RecBole ids."""
+    ds = rec.dataset
+    uid = ds.field2token_id[ds.uid_field][token]
+    users, items = ds.inter_feat[ds.uid_field].numpy(), ds.inter_feat[ds.iid_field].numpy()
+    return set(int(i) for i in items[users == uid]), uid
+
+
+def _item_id(rec, token):
+    return int(rec.dataset.field2token_id[rec.dataset.iid_field][token])
+
+
+def test_ckf_rows_columns_ranks_and_order(run):
+    rec = run["rec"]
+    rows = rec.recommend(USERS, topk=TOPK, rerank="ckf")
+    assert len(rows) == TOPK * len(USERS)
+    for row in rows:
+        assert list(row) == [k for k, _ in COLUMNS]
+    for token in USERS:
+        mine = [r for r in rows if r["user"] == token]
+        assert [r["rank"] for r in mine] == list(range(1, TOPK + 1))
+        scores = [r["ckf_score"] for r in mine]
+        assert all(isinstance(s, float) for s in scores) and scores == sorted(scores, reverse=True)
+        own, uid = _all_items(rec, token)
+        ids = [_item_id(rec, r["item"]) for r in mine]
+        assert len(set(ids)) == TOPK and not own & set(ids) and 0 not in ids  # nothing the user already has
+        assert {i for i, _ in rec.retrieve(uid, 20)} >= set(ids)  # re-ranked from the retrieved items
+        for r, item in zip(mine, ids):
+            assert r["item_text"] == rec.model.renderer.item_text(item, uid)
+            assert 1.0 <= r["rating"] <= 5.0 and 0.0 <= r["p_like"] <= 1.0
+            assert isinstance(r["explanation"], str) and "\n" not in r["explanation"]
+            assert r["fused_score"] is None
+    assert rec.last_settings["rerank"] == "ckf" and rec.last_settings["retrieve"] == 20
+    table = format_table(rows)
+    assert table.splitlines()[0].startswith("| user | rank | item | item text | backbone score | CKF score |")
+    assert "fused score" not in table and len(table.splitlines()) == 2 + len(rows)
+
+
+def test_backbone_stage_is_the_top_n_of_eu_ev(run):
+    rec = run["rec"]
+    for token in USERS:
+        own, uid = _all_items(rec, token)
+        scores = (rec.model.user_table[uid] @ rec.model.item_table.T).double().cpu().numpy()
+        scores[0] = -np.inf
+        scores[list(own)] = -np.inf
+        expected = np.argsort(-scores, kind="stable")[:20]
+        got = rec.retrieve(uid, 20)
+        assert [i for i, _ in got] == [int(i) for i in expected]
+        assert np.allclose([s for _, s in got], scores[expected], atol=1e-5)
+        # the same through the model's public score
+        assert torch.allclose(rec.model.backbone_scores([uid] * 20, [i for i, _ in got]).double(),
+                              torch.tensor([s for _, s in got], dtype=torch.float64), atol=1e-5)
+
+    rows = rec.recommend(USERS[:1], topk=TOPK, rerank="backbone")
+    got = rec.retrieve(_all_items(rec, USERS[0])[1], TOPK)
+    assert [_item_id(rec, r["item"]) for r in rows] == [i for i, _ in got]
+    assert all(r["ckf_score"] is None and r["rating"] is not None and r["p_like"] is not None for r in rows)
+
+
+def test_fusion_mode_blends_with_weight_one_half(run):
+    rec = run["rec"]
+    rows = rec.recommend(USERS[:1], topk=TOPK, rerank="fusion")
+    fused = [r["fused_score"] for r in rows]
+    assert fused == sorted(fused, reverse=True) and all(r["ckf_score"] is not None for r in rows)
+    assert rec.last_settings["fusion_weight"] == 0.5
+    with pytest.raises(CKFError, match="recommend_rerank"):
+        rec.recommend(USERS[:1], rerank="best")
+    with pytest.raises(CKFError, match="unknown user 'nobody' in data set 'amazon-instruments'; closest known"):
+        rec.recommend(["nobody"])
+
+
+def test_python_api_and_atomic_outputs(run, monkeypatch, tmp_path):
+    import recbole_ckf.utils as utils
+
+    writes = []
+    for name in ("atomic_write_json", "atomic_write_text"):
+        original = getattr(utils, name)
+        monkeypatch.setattr(utils, name, lambda path, obj, _o=original, _n=name: writes.append((_n, path)) or _o(path, obj))
+    rows = recbole_ckf.recommend(run["folder"] + "/best", ",".join(USERS), topk=3, config_dict=run["overrides"])
+    assert [(r["user"], r["rank"]) for r in rows] == [(u, k) for u in USERS for k in (1, 2, 3)]
+    json_path, md_path = str(tmp_path / "out" / "recs.json"), str(tmp_path / "out" / "recs.md")
+    write_recommendations(rows, json_path, {"rerank": "ckf"})
+    write_recommendations(rows, md_path)
+    assert writes[0] == ("atomic_write_json", json_path) and writes[-1] == ("atomic_write_text", md_path)
+    data = json.load(open(json_path, encoding="utf-8"))
+    assert data["rows"] == json.loads(json.dumps(rows)) and data["settings"] == {"rerank": "ckf"}
+    assert format_table(rows) in open(md_path, encoding="utf-8").read()
+    assert sorted(os.listdir(tmp_path / "out")) == ["recs.json", "recs.md"]  # no temporary left
+    with pytest.raises(CKFError, match="should end with .json or .md"):
+        write_recommendations(rows, str(tmp_path / "recs.csv"))
+
+
+def test_cli_unknown_user_is_one_line_and_exit_2(run):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "run_recbole_ckf.py"), f"--checkpoint={run['folder']}", "--recommend",
+         "--users=AV8MDYLHHTUOX", "--topk=3", f"--llm_cache_dir={run['overrides']['llm_cache_dir']}"],
+        cwd=run["tmp"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: unknown user 'AV8MDYLHHTUOX' in data set 'amazon-instruments'; closest "
+                               "known: AV8MDYLHHTUOY")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--users=A"], "--users is an option of --recommend"),
+    (["--checkpoint=x", "--recommend"], "--recommend needs --users="),
+    (["--recommend=maybe", "--users=A"], "--recommend takes no value"),
+    (["--recommend", "--users=A"], "recommend needs --checkpoint=DIR"),
+    (["--checkpoint=x", "--recommend", "--users=A", "--topk=0"], "topk: expected an integer >= 1"),
+    (["--checkpoint=x", "--recommend", "--users=A", "--output=r.csv"], "output: 'r.csv' should end with .json or .md"),
+])
+def test_cli_mistakes_are_one_line(argv, message, capsys):
+    sys.path.insert(0, REPO)
+    import run_recbole_ckf
+
+    assert run_recbole_ckf.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
