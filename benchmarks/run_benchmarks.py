@@ -88,8 +88,19 @@ ABLATIONS = {
     "CKF single LoRA (multi_lora=False)": {"multi_lora": False},
     "CKF w/o meta-network (meta_network=False)": {"meta_network": False},
     "CKF backbone BPR": {"backbone": "BPR"},
+    # each learning fix switched off alone (same budget and seed)
+    "CKF title answers (sequential_answer=title)": {"sequential_answer": "title"},
+    "CKF old curriculum (midpoint 0.5, no floor, cosine bridge rate)": {
+        "curriculum_midpoint": 0.5, "curriculum_floor": 0.0, "bridge_schedule": "cosine"},
+    "CKF own review in item text (exclude_own_review=False)": {"exclude_own_review": False},
+    "CKF full-vocabulary loss (restricted_loss=False)": {"restricted_loss": False},
+    "CKF unbalanced ctr (balance_ctr=False)": {"balance_ctr": False},
+    "CKF training-only test history (test_history=train)": {"test_history": "train"},
+    "CKF w/o rating counts in prompts (prompt_stats=False)": {"prompt_stats": False},
+    "CKF independent projections (bridge_tied_init=False)": {"bridge_tied_init": False},
 }
-VARIANTS = dict(zip(["ckf", "no_cf", "single_lora", "no_meta", "bpr"], ABLATIONS))
+VARIANTS = dict(zip(["ckf", "no_cf", "single_lora", "no_meta", "bpr", "title", "old_curriculum", "own_review",
+                     "full_vocab_loss", "unbalanced_ctr", "train_history", "no_stats", "untied"], ABLATIONS))
 SETTING_KEYS = {
     "all": ["epochs", "stopping_step", "eval_step", "train_batch_size", "learning_rate", "learner", "weight_decay",
             "embedding_size", "valid_metric"],

@@ -43,7 +43,7 @@ from recbole_ckf.data.tasks import TaskBuilder, candidate_lists, user_sequences
 from recbole_ckf.evaluator.task_eval import TASK_METRICS, metric_config
 from recbole_ckf.evaluator.text_metrics import PRED_KEY, REF_KEY
 from recbole_ckf.quick_start import load_data
-from recbole_ckf.trainer.trainer import sample_users
+from recbole_ckf.data.tasks import sample_users
 
 PREDICT_CHUNK = 8192  # (user, candidate) pairs per predict call
 

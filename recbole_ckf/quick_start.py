@@ -142,7 +142,7 @@ def run_recbole_ckf(model=None, dataset=None, config_file_list=None, config_dict
     if config["eval_only"]:
         # evaluate a saved model without training it (CKF: --checkpoint=DIR --eval_only)
         if hasattr(trainer, "setup"):
-            trainer.setup(train_data)
+            trainer.setup(train_data, valid_data)
         best_valid_score, best_valid_result = None, {}
         test_result = trainer.evaluate(test_data, model_file=config["checkpoint"], show_progress=config["show_progress"])
     else:

@@ -508,9 +508,29 @@ def check_ckf(config, tasks, explicit_valid_metric):
     config["valid_metric_bigger"] = name.split("@")[0] not in smaller_metrics
 
 
+# CKF keys with a fixed set of values (checked before anything is read; ~ means the key's default)
+CKF_CHOICES = {
+    "precision": ("auto", "fp32", "bf16"),
+    "sequential_answer": ("label", "title"),
+    "sequential_score": ("mean", "sum"),
+    "score_fusion": ("none", "backbone"),
+    "test_history": ("train_valid", "train"),
+    "bridge_schedule": ("constant", "cosine"),
+    "pooling": ("mean", "attention"),
+}
+
+
+def check_ckf_choices(config):
+    for key, choices in CKF_CHOICES.items():
+        value = config[key]
+        if value is not None and str(value) not in choices:
+            raise CKFError(f"{key}: expected one of {', '.join(choices)}, got {_q(value)}")
+
+
 def check_config(config, ckf_tasks=None, explicit_valid_metric=True):
     """Checks on the finished Config (RecBole's defaults filled in; ``ckf_tasks``: the tasks a CKF run runs)."""
     if config["model"] == "CKF":
+        check_ckf_choices(config)
         check_fields(config, ckf_tasks)
         check_ckf(config, ckf_tasks, explicit_valid_metric)
         return

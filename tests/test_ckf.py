@@ -49,7 +49,7 @@ def setup(tmp_path_factory):
         mp.chdir(tmp)
         config = Config("CKF", DATASET, config_dict=small_config(
             llm="tiny", llm_cache_dir=str(tmp / "cache"), lora_dropout=0.0, explanation_max_tokens=4,
-            eval_batch_size=8))
+            eval_batch_size=8, precision="fp32"))
         dataset, train_data, valid_data, test_data = load_data(config)
 
     def make_model(seed=0):
@@ -84,7 +84,7 @@ def setup(tmp_path_factory):
 
 def _batch(s, model, task, slotted, n=4):
     enc = s["encoder"].encode_all(s["samples"][task][:n], slotted=slotted)
-    return collate(enc, model.tokenizer.pad_token_id, s["config"]["max_history"]), enc
+    return collate(enc, model.tokenizer.pad_token_id), enc
 
 
 def _optimizer(model, lr=1e-3, weight_decay=0.01):
@@ -196,9 +196,9 @@ def test_bridge_tokens_sit_exactly_at_every_samples_slots(setup, task):
 
 # ---- it learns ---------------------------------------------------------------------------------------------------
 def test_loss_falls_on_a_fixed_batch(setup):
-    """10 AdamW steps (lr 1e-2) on one ctr batch whose answers are all "Yes". The tiny random LM's tied output
-    layer has small rows (std 0.02), so its logits stay small and the loss cannot fall far below log(vocab) ~ 7.6;
-    it falls steadily by about 1 here, and P(Yes) against P(No), what ctr is scored with, rises."""
+    """10 AdamW steps (lr 1e-2) on one ctr batch whose answers are all "Yes". The ctr loss is the cross-entropy
+    over {Yes, No} only (what ctr is scored with): it starts near log 2 and falls to a fraction of it, and
+    P(Yes) against P(No) rises."""
     s = setup
     model = s["make_model"]()
     batch, _ = _batch(s, model, "ctr_liked", True)
@@ -215,8 +215,8 @@ def test_loss_falls_on_a_fixed_batch(setup):
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss))
     assert all(np.isfinite(losses))
-    assert all(b <= a + 1e-3 for a, b in zip(losses, losses[1:])), losses
-    assert losses[-1] < losses[0] - 0.5, losses
+    assert abs(losses[0] - np.log(2)) < 0.2 and losses[-1] < 0.5 * losses[0], losses
+    assert min(losses[5:]) < min(losses[:5]), losses
     model.eval()
     p_after = model.predict_ctr(batch)
     assert (p_after > p_before + 0.1).all(), (p_before, p_after)

@@ -231,6 +231,9 @@ MISTAKES = [
     ("CKF", {"load_col": "{'inter': ['user_id', 'item_id', 'timestamp']}"},
      "error: load_col: CKF's ctr task reads 'rating', but load_col.inter ['user_id', 'item_id', 'timestamp', "
      "'review', 'summary'] does not load it: add 'rating' to load_col.inter or choose other --tasks"),
+    ("CKF", {"precision": "fp16"}, "error: precision: expected one of auto, fp32, bf16, got 'fp16'"),
+    ("CKF", {"sequential_answer": "letters"},
+     "error: sequential_answer: expected one of label, title, got 'letters'"),
 ]
 
 CKF_FULL = ("error: eval_args mode 'full': CKF ranks the candidate lists of RecBole's uniN/popN samplers (the true "

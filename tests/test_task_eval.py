@@ -36,7 +36,7 @@ def setup(tmp_path_factory):
         mp.chdir(tmp_path_factory.mktemp("task_eval"))
         config = Config("CKF", "amazon-instruments", config_dict={
             "llm": "tiny", "show_progress": False, "valid_users": 20, "state": "WARNING",
-            "eval_batch_size": 8, "explanation_max_tokens": 6, "cold_user_threshold": COLD})
+            "eval_batch_size": 8, "explanation_max_tokens": 6, "cold_user_threshold": COLD, "precision": "fp32"})
         dataset, train_data, valid_data, test_data = load_data(config)
         init_seed(config["seed"], True)
         model = config.model_class(config, train_data.dataset)
@@ -206,16 +206,95 @@ def test_generation_left_padding_and_empty_texts(setup, monkeypatch):
     assert together == alone
     assert all(isinstance(t, str) for t in together)
 
-    # a generation that starts with eos is an empty text ...
-    eos, pad = model.tokenizer.eos_token_id, model.tokenizer.pad_token_id
+    # decoding stops at eos or at a newline, whichever comes first
+    from recbole_ckf.evaluator import generation
+
     word = model.tokenizer("Great", add_special_tokens=False)["input_ids"]
-    rows = torch.tensor([[eos] + [pad] * len(word), word + [eos]])
-    monkeypatch.setattr(model.llm, "generate", lambda **kw: rows)
-    texts = generate_explanations(model, encoder, samples[:2], batch_size=2, max_new_tokens=len(word) + 1)
-    assert texts == ["", "Great"]
+    newline = model.tokenizer.encode("\n", add_special_tokens=False)[-1]
+    eos = model.tokenizer.eos_token_id
+    script = [word + [newline, 5], [eos] + word, word + [eos, newline]]
+    calls = iter(range(100))
+
+    def scripted_logits(hidden, token_ids=None):  # the k-th step of every row emits script[row][k]
+        k = next(calls)
+        out = torch.full((hidden.shape[0], len(model.tokenizer)), -1e4)
+        for b in range(hidden.shape[0]):
+            out[b, script[b][min(k, len(script[b]) - 1)]] = 0.0
+        return out
+    monkeypatch.setattr(model, "logits", scripted_logits)
+    monkeypatch.setattr(generation, "length_sorted", lambda encoded: list(range(len(encoded))))
+    texts = generate_explanations(model, encoder, samples[:3], batch_size=3, max_new_tokens=len(word) + 2)
+    assert texts == ["Great", "", "Great"]
+    monkeypatch.undo()
 
     # ... and an empty text is scored like any other prediction (ROUGE-1 averages its 0 in)
     refs = [x.answer for x in samples]
     monkeypatch.setattr(task_eval, "generate_explanations", lambda *a, **k: [""] + refs[1:])
     result = evaluate_tasks(model, {"explanation": samples}, encoder, s["config"], s["train_counts"])
     assert result["explanation:rouge-1"] == pytest.approx(100.0 * 3 / 4, abs=1e-3)
+
+
+# ---- listwise ranking, calibration, fusion --------------------------------------------------------------------
+def test_listwise_scores_equal_per_candidate_scores_of_the_same_labels(setup):
+    """One pass per user gives each candidate the logit of its letter at the answer position: the same number
+    as scoring that candidate's letter alone (prompt + letter, the training forward, full-vocabulary logits)."""
+    from recbole_ckf.data.collate import collate
+    from recbole_ckf.evaluator.inference import predict_answer_logits, prompt_only
+
+    s = setup
+    model, encoder = s["model"], s["encoder"]
+    samples = s["samples"]["sequential"][:3]
+    listwise = predict_answer_logits(model, encoder, samples, batch_size=3)
+    assert listwise.shape == (3, 10)
+    letters = model.answer_ids["sequential"]
+    model.eval()
+    for k, x in enumerate(samples):
+        prompt = prompt_only(encoder.encode(x, slotted=True))
+        for c in range(len(x.candidates)):
+            enc = dataclasses.replace(prompt, input_ids=prompt.input_ids + [letters[c]],
+                                      labels=[-100] * prompt.prompt_len + [letters[c]])
+            with torch.no_grad():
+                hidden = model.hidden_states(collate([enc], model.tokenizer.pad_token_id), True)[0]
+                alone = model.logits(hidden[prompt.prompt_len - 1:prompt.prompt_len])[0, letters[c]]
+            torch.testing.assert_close(listwise[k, c], alone, atol=1e-4, rtol=1e-5)
+
+
+def test_calibration_keeps_the_ranking_and_fits_the_base_rate():
+    from recbole_ckf.evaluator.calibration import apply_linear, apply_platt, fit_linear, fit_platt
+
+    gen = torch.Generator().manual_seed(0)
+    labels = (torch.rand(400, generator=gen) < 0.85).float()
+    logits = labels * 0.5 - 1.0 + torch.randn(400, generator=gen)  # informative, but centred on "No"
+    a, b = fit_platt(logits, labels)
+    prob = apply_platt(logits, (a, b))
+    assert a > 0 and abs(float(prob.mean()) - 0.85) < 0.02
+    assert roc_auc_score(labels, prob) == pytest.approx(roc_auc_score(labels, logits), abs=1e-12)
+    # an anti-correlated validation set cannot flip the ranking: the slope stays positive
+    assert fit_platt(-logits, labels)[0] > 0
+    stars = torch.randint(1, 6, (300,), generator=gen).float()
+    raw = 3.0 + 0.2 * (stars - 3.0)  # right order, squeezed scale
+    torch.testing.assert_close(apply_linear(raw, fit_linear(raw, stars), 1.0, 5.0), stars, atol=1e-4, rtol=0)
+
+
+def test_fusion_weight_one_is_the_backbone_and_zero_is_ckf(setup):
+    from recbole_ckf.evaluator.fusion import blend_lists, fit_list_weight
+    from recbole_ckf.evaluator.task_eval import score_tasks, task_metrics
+
+    s = setup
+    scores = score_tasks(s["model"], {"sequential": s["samples"]["sequential"]}, s["encoder"], s["config"])
+    seq = scores["sequential"]
+    for w, row in ((1.0, "backbone"), (0.0, None)):
+        result = task_metrics(scores, s["config"], s["train_counts"], {"sequential": {"backbone_weight": w}})
+        for metric in ("hit@1", "hit@3", "ndcg@3", "mrr@10"):
+            reference = result[f"sequential:{metric}[{row}]" if row else f"sequential:{metric}"]
+            assert result[f"sequential:{metric}[fusion]"] == reference, (w, metric)
+    # the fitted weight is never below either end on the data it is fitted on
+    positives = seq.labels.long().tolist()
+    w = fit_list_weight(seq.raw, seq.backbone, positives)
+    from recbole_ckf.evaluator.fusion import _ndcg_at
+    fitted = _ndcg_at(blend_lists(seq.raw, seq.backbone, w), positives)
+    assert fitted >= _ndcg_at(seq.raw, positives) and fitted >= _ndcg_at(seq.backbone, positives)
+    # the backbone's lists are ranked by e_u . e_v of the frozen tables
+    x = s["samples"]["sequential"][0]
+    expected = (s["model"].user_table[x.user] * s["model"].item_table[torch.tensor(x.candidates)]).sum(-1)
+    torch.testing.assert_close(seq.backbone[0], expected)

@@ -1,6 +1,7 @@
 """The task data sets of CKF and their prompts with embedding slots (recbole_ckf.data: tasks, templates, collate).
 
-* No valid or test interaction reaches a training sample (pairs, answers, histories) or an item text.
+* No valid or test interaction reaches a training sample (pairs, answers, histories) or an item text; no
+  sample's own review reaches its prompt; a history holds only interactions strictly before the predicted one.
 * After encoding, every task's prompt holds exactly its user/item slots, in the order of ``slot_items``; labels
   are -100 on the prompt and the answer's tokens after it; text-only twins hold no slot token.
 * The tokenised training samples are cached on disk under a key that changes with what shapes the samples.
@@ -22,6 +23,7 @@ from recbole_ckf.data.collate import IGNORE, Encoder
 from recbole_ckf.data.fields import available_tasks
 from recbole_ckf.data.item_text import token_text
 from recbole_ckf.data.tasks import TaskBuilder, candidate_lists
+from recbole_ckf.data.templates import LABELS
 from recbole_ckf.errors import CKFError
 from recbole_ckf.model.llm import ITEM_TOKEN, USER_TOKEN
 
@@ -97,11 +99,13 @@ def test_no_valid_or_test_interaction_reaches_training_samples(amazon, amazon_tr
     seqs = collections.defaultdict(list)
     for u, i, *_ in train:
         seqs[u].append(i)
-    m = s["config"]["max_history"]
-    expected = [(u, seqs[u][k], seqs[u][max(0, k - m):k]) for u in sorted(seqs) for k in range(len(seqs[u]))]
+    m, p = s["config"]["max_history"], s["config"]["pool_history"]
+    expected = [(u, seqs[u][k], seqs[u][max(0, k - m):k], seqs[u][max(0, k - p):k])
+                for u in sorted(seqs) for k in range(len(seqs[u]))]
     for task in ("ctr", "rating", "explanation"):
-        assert [(x.user, x.item, list(x.history)) for x in samples[task]] == expected, task
-    assert [(x.user, x.item, list(x.history)) for x in samples["sequential"]] == [e for e in expected if e[2]]
+        assert [(x.user, x.item, list(x.history), list(x.pool)) for x in samples[task]] == expected, task
+    assert [(x.user, x.item, list(x.history), list(x.pool)) for x in samples["sequential"]] == [
+        e for e in expected if e[2]]
 
     threshold = s["config"]["ctr_threshold"]
     for x in samples["ctr"]:
@@ -111,7 +115,7 @@ def test_no_valid_or_test_interaction_reaches_training_samples(amazon, amazon_tr
     for x in samples["explanation"]:
         assert x.answer == train_pairs[(x.user, x.item)][1]
     for x in samples["sequential"]:
-        assert x.answer == s["model"].item_texts[x.item]
+        assert x.answer == LABELS[int(x.label)]  # listwise: the true candidate's letter
         assert x.candidates[int(x.label)] == x.item and len(set(x.candidates)) == s["config"]["n_candidates"]
         assert not set(x.candidates) - {x.item} & set(seqs[x.user])  # negatives: items the user never trained on
     held_items = collections.defaultdict(set)
@@ -120,7 +124,7 @@ def test_no_valid_or_test_interaction_reaches_training_samples(amazon, amazon_tr
     for task, rows in samples.items():
         for x in rows:
             assert (x.user, x.item) not in held_pairs
-            assert not set(x.history) & held_items[x.user]
+            assert not set(x.pool) & held_items[x.user]
 
     # headlines that only valid/test rows have never become an answer of a training sample
     train_heads = {h for *_, h in train if h}
@@ -129,53 +133,57 @@ def test_no_valid_or_test_interaction_reaches_training_samples(amazon, amazon_tr
     assert not unique & {x.answer for x in samples["explanation"]}
 
 
-def test_valid_and_test_histories_hold_only_training_items(amazon):
+def test_eval_histories_hold_only_interactions_before_the_predicted_one(amazon):
+    """Validation samples see the training interactions; test samples the training ones, then the validation
+    one (as RecBole's sequential models do): never the predicted interaction or anything later."""
     s = amazon
-    train = _rows(s, "train")
     seqs = collections.defaultdict(list)
-    for u, i, *_ in train:
+    for u, i, *_ in _rows(s, "train"):
         seqs[u].append(i)
-    m = s["config"]["max_history"]
+    valid_item = {u: i for u, i, *_ in _rows(s, "valid")}
+    m, p = s["config"]["max_history"], s["config"]["pool_history"]
     for split in ("valid", "test"):
         lists = candidate_lists(s[split], s["config"]["seed"])
-        samples = s["builder"].eval_samples(s[split].dataset, lists)
+        earlier = (s["valid"].dataset,) if split == "test" else ()
+        samples = s["builder"].eval_samples(s[split].dataset, lists, earlier=earlier)
         truth = {(u, i) for u, i, *_ in _rows(s, split)}
         assert len(samples["ctr"]) == len(truth) == len(lists)
         for task, rows in samples.items():
             assert rows, task
             for x in rows:
                 assert (x.user, x.item) in truth
-                assert list(x.history) == seqs[x.user][-m:]  # the user's last training items, nothing later
+                before = seqs[x.user] + ([valid_item[x.user]] if split == "test" else [])
+                assert list(x.history) == before[-m:] and list(x.pool) == before[-p:]
+                assert x.item not in x.pool
 
 
-def test_item_texts_come_from_training_headlines_only(amazon):
+def test_no_sample_shows_its_own_review(amazon, amazon_train_samples):
+    """An item's text in user u's prompts leaves out u's own headlines: no training prompt shows the sample's
+    own review headline as part of an item's description (it would be the explanation answer and a
+    ctr/rating/ranking cue that never exists at test time)."""
     s = amazon
-    train, held_out = _rows(s, "train"), _rows(s, "valid") + _rows(s, "test")
-    heads = collections.defaultdict(list)
-    order = sorted(range(len(train)), key=lambda r: train[r][3])  # by time; ties keep the split order
-    for _, i, _, _, h in (train[r] for r in order):
-        if h:
-            heads[i].append(" ".join(h.split()))  # item texts keep single spaces
-    texts = s["model"].item_texts
-    k, words = s["config"]["item_text_reviews"], s["config"]["item_text_words"]
-    assert texts[0] == "" and len(texts) == s["dataset"].item_num
-    fragments_seen = set()
-    for item in range(1, len(texts)):
-        text = texts[item]
-        if text == NO_TEXT:
-            assert not heads[item]
-            continue
-        # the earliest k training headlines, joined and cut to `words` words
-        joined = " / ".join(heads[item][:k]).split()
-        assert text == " ".join(joined[:words]) + (" ..." if len(joined) > words else ""), item
-        fragments_seen.update(heads[item][:k])
-    # a headline that only a valid/test row has is never part of an item's text
-    train_heads = {" ".join(h.split()) for *_, h in train if h}
-    unique = {" ".join(h.split()) for *_, h in held_out if h} - train_heads
-    assert len(unique) > 100 and not unique & fragments_seen
-    # the tiny test tokenizer is trained on training-split text only, too
-    corpus = {" ".join(t.split()) for t in s["corpus"] if isinstance(t, str)}
-    assert train_heads <= corpus and not (unique & corpus) - {"Yes", "No"}  # the answer words are in it anyway
+    heads = {(u, i): " ".join(h.split()) for u, i, _, _, h in _rows(s, "train")}
+    counts = collections.Counter(heads.values())  # a headline others wrote too ("Nice") may show: theirs
+    renderer, texts = s["model"].renderer, s["model"].item_texts
+
+    def shows(text, own):  # own is one of the whole headlines the text is made of (a cut last one is not whole)
+        text = str(text)
+        whole = [p.strip() for p in text.removesuffix(" ...").split(" / ")]
+        return own in (whole[:-1] if text.endswith(" ...") else whole)
+
+    leaks_before = checked = 0
+    for task, rows in amazon_train_samples.items():
+        for x in rows[:: max(1, len(rows) // 400)]:
+            own = heads[(x.user, x.item)]
+            if not own or counts[own] > 1:
+                continue
+            checked += 1
+            prompt = renderer.render(x, slotted=False)[0]
+            for item in list(x.history) + [x.item] + list(x.candidates):
+                shown = renderer.item_text(item, x.user)
+                assert shown in prompt and not shows(shown, own), (task, x.user, x.item)
+            leaks_before += shows(texts[x.item], own)  # the shared text would have shown it
+    assert checked > 400 and leaks_before > 40  # the rule matters on this data set
 
 
 # ---- slots and labels ---------------------------------------------------------------------------------------
@@ -225,12 +233,12 @@ def _check_encoding(s, task, x):
     chunks = prompt.split(ITEM_TOKEN)[1:]
     assert len(chunks) == len(items)
     for chunk, item in zip(chunks, items):
-        assert chunk.startswith(" " + model.item_texts[item])
+        assert chunk.startswith(" " + model.renderer.item_text(item, x.user))
     # the prompt's ids are that prompt, then the answer; labels: -100 on the prompt, the answer's ids after it
     p = e.prompt_len
     assert _squeeze(tok.decode(ids[:p])) == _squeeze(tok.bos_token + prompt)
     answer = tok(x.answer, add_special_tokens=False)["input_ids"]
-    if task in ("sequential", "explanation"):
+    if task == "explanation":
         answer = answer + [tok.eos_token_id]
     assert e.labels[:p] == [IGNORE] * p
     assert e.labels[p:] == ids[p:] == answer
@@ -244,7 +252,8 @@ def _check_encoding(s, task, x):
         assert ids[p:] == [model.answer_ids["rating"][int(x.label) - 1]]
     elif task == "sequential":
         assert x.candidates[int(x.label)] == x.item and len(x.candidates) == config["n_candidates"]
-        assert x.answer == model.item_texts[x.item]
+        assert x.answer == LABELS[int(x.label)]
+        assert ids[p:] == [model.answer_ids["sequential"][int(x.label)]]
     # the text-only twin: no slot token at all, the same answer
     t = encoder.encode(x, slotted=False)
     assert model.user_token_id not in t.input_ids and model.item_token_id not in t.input_ids
@@ -295,14 +304,15 @@ def test_collated_batch_keeps_every_samples_slots(amazon):
     model = s["model"]
     rows = _samples_of(s)["sequential"][:5]
     enc = s["encoder"].encode_all(rows, slotted=True)
-    batch = collate(enc, model.tokenizer.pad_token_id, s["config"]["max_history"])
+    batch = collate(enc, model.tokenizer.pad_token_id)
     ids = batch["input_ids"]
     assert (ids == model.user_token_id).sum(1).tolist() == [1] * len(rows)
     assert (ids == model.item_token_id).sum(1).tolist() == [len(e.slot_items) for e in enc]
     assert batch["slot_items"].tolist() == [i for e in enc for i in e.slot_items]
-    for b, e in enumerate(enc):
-        h = e.history
+    for b, e in enumerate(enc):  # p_u pools the whole pool, not only the items shown
+        h = e.pool
         assert batch["history"][b, :len(h)].tolist() == h and batch["history_mask"][b].sum() == len(h)
+    assert batch["n_choices"].tolist() == [len(e.candidates) for e in enc]
 
 
 # ---- the tokenised-sample cache -------------------------------------------------------------------------------
@@ -359,3 +369,43 @@ def test_explanation_on_ml100k_is_a_clear_error(tmp_path):
     tasks, unavailable = available_tasks(config)
     assert tasks == ["ctr", "sequential", "rating"] and list(unavailable) == ["explanation"]
     assert not os.path.exists(tmp_path / "saved")
+
+
+def test_cache_key_follows_the_training_split_itself(amazon):
+    """A setting that changes the split (here a k-core filter) changes the key of the cached samples, even
+    though no key of the prompt settings changed: samples of another split are never reused."""
+    from recbole_ckf.data.tasks import split_fingerprint
+    from recbole_ckf.quick_start import load_data
+
+    s = amazon
+    same = split_fingerprint(s["config"], s["train"].dataset)
+    assert same == split_fingerprint(s["config"], s["train"].dataset)
+    other = Config("CKF", AMAZON, config_dict=small_config(llm="tiny", user_inter_num_interval="[7,inf)"))
+    _, train, _, _ = load_data(other)
+    assert split_fingerprint(other, train.dataset) != same
+
+
+def test_prompt_stats_hold_only_what_the_sample_may_see(amazon, amazon_train_samples):
+    """prompt_stats: the user's count and mean rating come from their interactions before the predicted one; an
+    item's from the other users' training interactions (never the sample's own rating)."""
+    s = amazon
+    train = _rows(s, "train")
+    seqs, by_item = collections.defaultdict(list), collections.defaultdict(list)
+    for u, i, r, _, _ in train:
+        seqs[u].append(r)
+        by_item[i].append((u, r))
+    stats = s["model"].item_texts.stats
+    position = collections.Counter()
+    for x in amazon_train_samples["ctr"][:2000]:
+        k = position[x.user]
+        position[x.user] += 1
+        earlier = seqs[x.user][:k]
+        assert x.user_stats[0] == k and (x.user_stats[1] is None if not k else
+                                         x.user_stats[1] == pytest.approx(np.mean(earlier)))
+        others = [r for u, r in by_item[x.item] if u != x.user]
+        n, mean = stats.of(x.item, x.user)
+        assert n == len(others) and (mean is None if not others else mean == pytest.approx(np.mean(others)))
+    # rendered: after {user} and after {item}, in the prompt the model reads
+    x = next(x for x in amazon_train_samples["ctr"] if x.user_stats[0] >= 2)
+    prompt = s["model"].renderer.render(x, slotted=True)[0]
+    assert f"({x.user_stats[0]} ratings, avg {x.user_stats[1]:.1f} stars)" in prompt

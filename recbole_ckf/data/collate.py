@@ -27,13 +27,16 @@ class Encoded:
     label: float
     candidates: list
     answer: str
+    pool: list = None     # item ids pooled into p_u
 
 
 class Encoder:
     """Turns :class:`~recbole_ckf.data.tasks.Sample` objects into token ids for one tokenizer."""
 
-    def __init__(self, tokenizer, renderer, max_length, eos_tasks=("explanation", "sequential")):
+    def __init__(self, tokenizer, renderer, max_length, eos_tasks=None):
         self.tokenizer, self.renderer, self.max_length = tokenizer, renderer, max_length
+        if eos_tasks is None:  # free-text answers end with eos; one-token answers (Yes/No, digits, letters) do not
+            eos_tasks = ("explanation",) + (("sequential",) if renderer.sequential_answer == "title" else ())
         self.eos_tasks = set(eos_tasks)
 
     def _ids(self, text, special):
@@ -64,7 +67,7 @@ class Encoder:
                 prompt_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
             out.append(Encoded(sample.task, prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids,
                                len(prompt_ids), slot_items, sample.user, list(sample.history), sample.label,
-                               list(sample.candidates), sample.answer))
+                               list(sample.candidates), sample.answer, list(sample.pool)))
         return out
 
 
@@ -91,20 +94,22 @@ def cache_key(*parts):
     return stable_hash(parts)
 
 
-def collate(batch, pad_id, max_history):
-    """Pad a list of :class:`Encoded` of one task into tensors (right padding)."""
+def collate(batch, pad_id):
+    """Pad a list of :class:`Encoded` of one task into tensors (right padding). ``history`` holds the items
+    pooled into p_u (``Encoded.pool``), padded to the longest pool of the batch."""
     n = max(len(e.input_ids) for e in batch)
     input_ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), n), IGNORE, dtype=torch.long)
     attention = torch.zeros((len(batch), n), dtype=torch.long)
-    hist = torch.zeros((len(batch), max(1, max_history)), dtype=torch.long)
+    pools = [e.pool if e.pool is not None else e.history for e in batch]
+    hist = torch.zeros((len(batch), max(1, max(len(p) for p in pools))), dtype=torch.long)
     hist_mask = torch.zeros_like(hist, dtype=torch.bool)
     for b, e in enumerate(batch):
         k = len(e.input_ids)
         input_ids[b, :k] = torch.tensor(e.input_ids)
         labels[b, :k] = torch.tensor(e.labels)
         attention[b, :k] = 1
-        h = e.history[-hist.shape[1]:]
+        h = pools[b]
         if h:
             hist[b, :len(h)] = torch.tensor(h)
             hist_mask[b, :len(h)] = True
@@ -119,4 +124,6 @@ def collate(batch, pad_id, max_history):
         "history": hist,
         "history_mask": hist_mask,
         "label": torch.tensor([e.label for e in batch], dtype=torch.float),
+        # sequential: candidates per sample (the listwise answer's letters past them are masked)
+        "n_choices": torch.tensor([len(e.candidates) for e in batch]) if batch[0].candidates else None,
     }

@@ -1,23 +1,47 @@
 """The four task data sets of CKF, built from RecBole's split of one data set.
 
 * ``ctr``          will the user like the item?     answer "Yes"/"No"   (label: rating >= ``ctr_threshold``)
-* ``sequential``   which candidate comes next?      answer: the item's text
+* ``sequential``   which candidate comes next?      answer: the true candidate's letter (``sequential_answer:
+                                                    label``, listwise) or the item's text (``title``)
 * ``rating``       how many stars?                  answer "1".."5"
 * ``explanation``  a headline for the item          answer: the review headline (``summary``)
 
-Training samples come from training interactions only; a sample's history holds at most ``max_history``
-training interactions of the user that come *before* it in RecBole's split order (RecBole sorts by time with a
-stable sort, so same-day ties keep the atomic file's row order). Valid and test samples use the user's last
-``max_history`` training interactions as history. At evaluation, the sequential candidates are RecBole's own
-``uniN`` lists (:func:`candidate_lists`), so CKF ranks exactly the lists the general baselines rank.
+History. A sample sees only interactions *before* the one it predicts, in RecBole's split order (RecBole sorts
+by time with a stable sort, so same-day ties keep the atomic file's row order): training samples the user's
+earlier training interactions; validation samples all training interactions; test samples all training
+interactions and then the validation one (as RecBole's sequential models see it). The prompt shows the
+latest ``max_history`` of them; p_u pools the latest ``pool_history``. At evaluation, the sequential candidates
+are RecBole's own ``uniN`` lists (:func:`candidate_lists`), so CKF ranks exactly the lists the general
+baselines rank, in a seeded order per user (the true item is not always first).
 """
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from recbole_ckf.data.fields import resolve_text_fields
 from recbole_ckf.data.item_text import token_text
+from recbole_ckf.data.templates import LABELS
+from recbole_ckf.errors import CKFError
+
+
+#: bump when the way samples are built changes: cached tokenised samples of older code are not reused
+CODE_VERSION = 3
+
+
+def split_fingerprint(config, split_dataset):
+    """A hash of one split's content as the tasks read it (users, items, times, ratings, headlines, in split
+    order): two runs share cached samples only if their training splits are identical."""
+    h = hashlib.sha256()
+    for column in _columns(config, split_dataset, split_dataset):
+        if column is None:
+            h.update(b"-")
+        elif isinstance(column, np.ndarray):
+            h.update(np.ascontiguousarray(column).tobytes())
+        else:
+            h.update("\x1f".join(column).encode("utf-8"))
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -25,11 +49,17 @@ class Sample:
     task: str
     user: int
     item: int                      # the item asked about (sequential: the true next item)
-    history: list                  # item ids, oldest first
+    history: list                  # item ids shown in the prompt, oldest first
     history_ratings: list = None   # ratings of the history items (None where the data set has none)
     candidates: list = field(default_factory=list)  # sequential: items in prompt order
     label: float = float("nan")    # ctr 0/1, rating 1-5, sequential: index of the true item in candidates
     answer: str = ""               # the text the LM learns / is compared with
+    pool: list = None              # item ids pooled into p_u (the latest pool_history earlier items)
+    user_stats: tuple = None       # (count, mean rating) of all the user's earlier interactions
+
+    def __post_init__(self):
+        if self.pool is None:
+            self.pool = list(self.history)
 
 
 def _columns(config, dataset, split_dataset):
@@ -62,6 +92,14 @@ def _rating_text(value):
     return str(int(round(value)))
 
 
+def sample_users(users, limit, seed):
+    """A deterministic subset of ``limit`` users (all when ``limit`` is None)."""
+    users = np.unique(np.asarray(users))
+    if limit is None or limit >= len(users):
+        return users
+    return np.sort(np.random.default_rng(seed).choice(users, size=limit, replace=False))
+
+
 def candidate_lists(eval_data, seed):
     """``{user: [true item, 9 negatives]}`` from RecBole's ``uniN`` evaluation dataloader.
 
@@ -92,27 +130,49 @@ class TaskBuilder:
         self.config, self.dataset, self.tasks = config, dataset, tasks
         self.item_texts = item_texts
         self.max_history = config["max_history"]
+        self.pool_history = max(config["pool_history"] or self.max_history, self.max_history)
         self.threshold = config["ctr_threshold"]
         self.n_candidates = config["n_candidates"]
+        self.answer_mode = config["sequential_answer"] or "label"
+        if self.answer_mode == "label" and "sequential" in tasks and self.n_candidates > len(LABELS):
+            raise CKFError(f"n_candidates: sequential_answer 'label' labels at most {len(LABELS)} candidates, "
+                           f"got {self.n_candidates} (use sequential_answer: title)")
         self.seqs = user_sequences(config, dataset, train_dataset)
         self.rng_seed = config["seed"]
 
-    def _history(self, u, end):
-        items, ratings, _ = self.seqs.get(u, ([], [], []))
-        start = max(0, end - self.max_history)
-        hr = ratings[start:end] if ratings and ratings[0] is not None else None
-        return items[start:end], hr
+    @staticmethod
+    def _history(seq, end, shown, pooled):
+        """(shown items, their ratings, pooled items, (count, mean rating)) of the interactions ``seq[:end]``."""
+        items, ratings, _ = seq
+        start = max(0, end - shown)
+        rated = bool(ratings) and ratings[0] is not None
+        hr = ratings[start:end] if rated else None
+        stats = (end, float(np.mean(ratings[:end])) if rated and end else None)
+        return items[start:end], hr, items[max(0, end - pooled):end], stats
 
-    def _point_samples(self, u, item, rating, head, history, hist_ratings):
+    def _point_samples(self, u, item, rating, head, history, hist_ratings, pool, stats):
         out = {}
         if "ctr" in self.tasks and rating is not None:
             like = rating >= self.threshold
-            out["ctr"] = Sample("ctr", u, item, history, hist_ratings, label=float(like), answer="Yes" if like else "No")
+            out["ctr"] = Sample("ctr", u, item, history, hist_ratings, label=float(like),
+                                answer="Yes" if like else "No", pool=pool, user_stats=stats)
         if "rating" in self.tasks and rating is not None:
-            out["rating"] = Sample("rating", u, item, history, hist_ratings, label=float(rating), answer=_rating_text(rating))
+            out["rating"] = Sample("rating", u, item, history, hist_ratings, label=float(rating),
+                                   answer=_rating_text(rating), pool=pool, user_stats=stats)
         if "explanation" in self.tasks and head:
-            out["explanation"] = Sample("explanation", u, item, history, hist_ratings, answer=head)
+            out["explanation"] = Sample("explanation", u, item, history, hist_ratings, answer=head, pool=pool,
+                                        user_stats=stats)
         return out
+
+    def _sequential(self, u, item, history, hist_ratings, pool, stats, candidates):
+        k = candidates.index(item)
+        if self.answer_mode == "label" and len(candidates) > len(LABELS):
+            raise CKFError(f"sequential_answer 'label' labels at most {len(LABELS)} candidates, the evaluation "
+                           f"lists hold {len(candidates)} (eval_args.mode uni{len(candidates) - 1}); use "
+                           f"sequential_answer: title, or a mode with at most {len(LABELS) - 1} negatives")
+        answer = LABELS[k] if self.answer_mode == "label" else self.item_answer(item, u)
+        return Sample("sequential", u, item, history, hist_ratings, candidates=candidates, label=float(k),
+                      answer=answer, pool=pool, user_stats=stats)
 
     def train_samples(self):
         """Samples of every training interaction (sequential: those with at least one earlier item)."""
@@ -120,11 +180,13 @@ class TaskBuilder:
         rng = np.random.default_rng(self.rng_seed)
         n_items = self.dataset.item_num
         for u in sorted(self.seqs):
-            items, ratings, heads = self.seqs[u]
+            seq = self.seqs[u]
+            items, ratings, heads = seq
             seen = set(items)
             for k, item in enumerate(items):
-                history, hist_ratings = self._history(u, k)
-                for task, s in self._point_samples(u, item, ratings[k], heads[k], history, hist_ratings).items():
+                history, hist_ratings, pool, stats = self._history(seq, k, self.max_history, self.pool_history)
+                for task, s in self._point_samples(u, item, ratings[k], heads[k], history, hist_ratings,
+                                                   pool, stats).items():
                     samples[task].append(s)
                 if "sequential" in self.tasks and k > 0:
                     negatives = []
@@ -134,34 +196,44 @@ class TaskBuilder:
                             negatives.append(v)
                     candidates = negatives + [item]
                     rng.shuffle(candidates)
-                    samples["sequential"].append(Sample(
-                        "sequential", u, item, history, hist_ratings, candidates=candidates,
-                        label=float(candidates.index(item)), answer=self.item_answer(item)))
+                    samples["sequential"].append(self._sequential(u, item, history, hist_ratings, pool, stats,
+                                                                  candidates))
         return samples
 
-    def item_answer(self, item):
-        return self.item_texts[item]
+    def item_answer(self, item, user=None):
+        """The title-mode answer: the item's text as ``user``'s prompts show it."""
+        for_user = getattr(self.item_texts, "for_user", None)
+        return for_user(item, user) if for_user is not None else self.item_texts[item]
 
-    def eval_samples(self, split_dataset, candidates=None, users=None):
-        """Samples of one evaluation split (one per interaction; ``users`` restricts to a subset)."""
+    def eval_samples(self, split_dataset, candidates=None, users=None, earlier=()):
+        """Samples of one evaluation split (one per interaction; ``users`` restricts to a subset).
+
+        ``earlier``: split datasets whose interactions come before this split's and after training (the
+        validation split, for the test split); they join the history, after the training interactions."""
         us, items, _, ratings, heads = _columns(self.config, self.dataset, split_dataset)
         keep = None if users is None else set(int(u) for u in users)
+        seqs = self.seqs
+        if earlier:
+            seqs = {u: tuple(list(part) for part in seq) for u, seq in self.seqs.items()}
+            for split in earlier:
+                for u, seq in user_sequences(self.config, self.dataset, split).items():
+                    own = seqs.setdefault(u, ([], [], []))
+                    for part, extra in zip(own, seq):
+                        part.extend(extra)
         samples = {t: [] for t in self.tasks}
         for row in range(len(us)):
             u, item = int(us[row]), int(items[row])
             if keep is not None and u not in keep:
                 continue
-            n_train = len(self.seqs.get(u, ([],))[0])
-            history, hist_ratings = self._history(u, n_train)
+            seq = seqs.get(u, ([], [], []))
+            history, hist_ratings, pool, stats = self._history(seq, len(seq[0]), self.max_history, self.pool_history)
             rating = float(ratings[row]) if ratings is not None else None
             head = heads[row] if heads is not None else ""
-            for task, s in self._point_samples(u, item, rating, head, history, hist_ratings).items():
+            for task, s in self._point_samples(u, item, rating, head, history, hist_ratings, pool, stats).items():
                 samples[task].append(s)
             if "sequential" in self.tasks and candidates is not None and u in candidates:
                 cands = list(candidates[u])
                 order = np.random.default_rng([self.rng_seed, u]).permutation(len(cands))  # true item not always first
                 cands = [cands[i] for i in order]
-                samples["sequential"].append(Sample(
-                    "sequential", u, item, history, hist_ratings, candidates=cands,
-                    label=float(cands.index(item)), answer=self.item_answer(item)))
+                samples["sequential"].append(self._sequential(u, item, history, hist_ratings, pool, stats, cands))
         return samples

@@ -2,11 +2,18 @@
 
 A template (set per task in ``prompt_templates``, see ``properties/CKF.yaml``) may use:
 
-* ``{user}``        -> "User <|ckf_user|>" (slotted) / "The user" (text-only)
+* ``{user}``        -> "User <|ckf_user|>" (slotted) / "The user" (text-only); with ``prompt_stats`` followed by
+                       "(12 ratings, avg 4.5 stars)": the user's interactions before the predicted one
 * ``{history}``     -> the user's earlier items, oldest first, "<|ckf_item|> text (4 stars); ..." — each item
                        gets one item slot; ``(n stars)`` only in tasks whose history shows ratings
-* ``{item}``        -> "<|ckf_item|> text" / "text": the item asked about
-* ``{candidates}``  -> "(1) <|ckf_item|> text; (2) ..." (sequential task)
+* ``{item}``        -> "<|ckf_item|> text" / "text": the item asked about; with ``prompt_stats`` followed by
+                       "(30 ratings, avg 4.2 stars)": the other users' training interactions with it (the
+                       candidates too; history items are shown without)
+* ``{candidates}``  -> "(A) <|ckf_item|> text; (B) ..." (sequential task; ``sequential_answer: label``, the
+                       answer is the true candidate's letter) or "(1) <|ckf_item|> text; (2) ..."
+                       (``sequential_answer: title``, the answer is the true item's text)
+
+Item texts in user u's prompts leave out u's own reviews (``ItemTexts.for_user``).
 
 Slots appear in the order history, item, candidates only if the template names them in that order; the
 renderer returns the item ids in the order their slots appear in the prompt, which is what
@@ -16,10 +23,14 @@ renderer returns the item ids in the order their slots appear in the prompt, whi
 import re
 import string
 
+from recbole_ckf.data.item_text import stats_text
 from recbole_ckf.errors import CKFError
 
 FIELDS = ("user", "history", "item", "candidates")
 REQUIRED = {"ctr": ("item",), "rating": ("item",), "explanation": ("item",), "sequential": ("candidates",)}
+#: candidate labels of the listwise sequential answer (each one token of Gemma's and the tiny tokenizer)
+LABELS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+SEQUENTIAL_ANSWERS = ("label", "title")
 
 
 def check_template(task, template):
@@ -39,34 +50,54 @@ def check_template(task, template):
 class PromptRenderer:
     """Renders a sample's prompt, slotted or text-only."""
 
-    def __init__(self, templates, item_texts, user_token, item_token, show_ratings=("ctr", "rating", "explanation")):
+    def __init__(self, templates, item_texts, user_token, item_token, show_ratings=("ctr", "rating", "explanation"),
+                 sequential_answer="label", stats=False):
         self.templates = dict(templates)
         self.order = {task: check_template(task, t) for task, t in self.templates.items()}
         self.item_texts = item_texts
         self.user_token, self.item_token = user_token, item_token
         self.show_ratings = set(show_ratings)
+        if sequential_answer not in SEQUENTIAL_ANSWERS:
+            raise CKFError(f"sequential_answer: expected one of {', '.join(SEQUENTIAL_ANSWERS)}, got "
+                           f"'{sequential_answer}'")
+        self.sequential_answer = sequential_answer
+        self.stats = bool(stats) and getattr(item_texts, "stats", None) is not None
 
-    def _item(self, item, slotted):
-        text = self.item_texts[item]
+    def item_text(self, item, user=None):
+        """An item's description in ``user``'s prompts (without ``user``'s own reviews)."""
+        for_user = getattr(self.item_texts, "for_user", None)
+        return for_user(item, user) if for_user is not None else self.item_texts[item]
+
+    def _item(self, item, slotted, user, stats=False):
+        text = self.item_text(item, user)
+        if stats and self.stats:
+            text += f" ({stats_text(*self.item_texts.stats.of(item, user))})"
         return f"{self.item_token} {text}" if slotted else text
+
+    def candidate_label(self, k):
+        return LABELS[k] if self.sequential_answer == "label" else str(k + 1)
 
     def render(self, sample, slotted):
         """Return ``(prompt, slot_items)``: the prompt string and the item ids of its item slots, in order."""
         task = sample.task
         pieces, slot_items = {}, {}
         pieces["user"] = f"User {self.user_token}" if slotted else "The user"
+        if self.stats and sample.user_stats is not None:
+            pieces["user"] += f" ({stats_text(*sample.user_stats)})"
         ratings = task in self.show_ratings and sample.history_ratings is not None
         hist = []
+        user = sample.user
         for k, item in enumerate(sample.history):
-            text = self._item(item, slotted)
+            text = self._item(item, slotted, user)
             if ratings:
                 text += f" ({int(round(sample.history_ratings[k]))} stars)"
             hist.append(text)
         pieces["history"] = "; ".join(hist) if hist else "nothing yet"
         slot_items["history"] = list(sample.history)
-        pieces["item"] = self._item(sample.item, slotted)
+        pieces["item"] = self._item(sample.item, slotted, user, stats=True)
         slot_items["item"] = [sample.item]
-        pieces["candidates"] = "; ".join(f"({k + 1}) {self._item(c, slotted)}" for k, c in enumerate(sample.candidates))
+        pieces["candidates"] = "; ".join(f"({self.candidate_label(k)}) {self._item(c, slotted, user, stats=True)}"
+                                         for k, c in enumerate(sample.candidates))
         slot_items["candidates"] = list(sample.candidates)
         prompt = self.templates[task].format(**pieces)
         if not slotted:

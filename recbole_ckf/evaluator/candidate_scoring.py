@@ -36,15 +36,11 @@ import torch
 
 from recbole_ckf.data.collate import collate
 from recbole_ckf.errors import CKFError
-from recbole_ckf.evaluator.inference import batches, eval_mode, llm_device, max_history, n_batches, progress, \
-    prompt_only, to_device
+from recbole_ckf.evaluator.inference import batches, eval_mode, llm_device, n_batches, progress, prompt_only, \
+    to_device
 from recbole_ckf.model.multi_lora import activate
 
 _LOGIT_CHUNK_ELEMENTS = 1 << 25  # rows x vocab per log-softmax chunk (Gemma: 128 rows, 128 MiB in float32)
-
-
-def prompt_only(enc):
-    return dataclasses.replace(enc, input_ids=enc.input_ids[: enc.prompt_len], labels=enc.labels[: enc.prompt_len])
 
 
 def encode_candidates(encoder, samples, slotted):
@@ -53,7 +49,7 @@ def encode_candidates(encoder, samples, slotted):
     training answers are). Each prompt is truncated so that its longest candidate answer fits."""
     out, probes = [], []
     for sample in samples:
-        texts = [encoder.renderer.item_texts[c] for c in sample.candidates]
+        texts = [encoder.renderer.item_text(c, sample.user) for c in sample.candidates]
         answers = encoder._answers([dataclasses.replace(sample, answer=t) for t in texts], True)
         longest = max(range(len(texts)), key=lambda k: len(answers[k])) if texts else None
         probes.append(dataclasses.replace(sample, answer=texts[longest] if texts else ""))
@@ -81,7 +77,7 @@ def _row_logprobs(model, hidden, rows, targets):
     vocab = model.llm.get_base_model().lm_head.weight.shape[0]
     chunk = max(1, _LOGIT_CHUNK_ELEMENTS // vocab)
     for start in range(0, unique.numel(), chunk):
-        logp = model._logits(hidden[unique[start:start + chunk]]).float().log_softmax(-1)
+        logp = model.logits(hidden[unique[start:start + chunk]]).log_softmax(-1)
         sel = (inverse >= start) & (inverse < start + chunk)
         out[sel] = logp[inverse[sel] - start, targets[sel]]
     return out
@@ -133,7 +129,7 @@ def _packed_scores(model, prompts, answers, slotted, reduction, device):
     base = model.llm.get_base_model()
     attn_impl = getattr(base.config, "_attn_implementation", "sdpa")
     pad_id = model.tokenizer.pad_token_id
-    prompt_batch = collate(prompts, pad_id, max_history(model))
+    prompt_batch = collate(prompts, pad_id)
     rows_ids, rows_seg, rows_pos = [], [], []
     owners = []  # per sample: for each candidate, its unique block number
     blocks = []  # per sample: list of (start index, answer ids) of unique answers
@@ -231,10 +227,10 @@ def score_candidates_naive(model, encoder, samples, slotted=True, reduction="mea
             for ans in answers:
                 enc = dataclasses.replace(prompt, input_ids=prompt.input_ids + ans,
                                           labels=[-100] * prompt.prompt_len + ans)
-                batch = to_device(collate([enc], model.tokenizer.pad_token_id, max_history(model)), device)
+                batch = to_device(collate([enc], model.tokenizer.pad_token_id), device)
                 hidden = model.hidden_states(batch, slotted)[0]
                 at = list(range(prompt.prompt_len - 1, prompt.prompt_len - 1 + len(ans)))
-                logp = model._logits(hidden[at]).float().log_softmax(-1)
+                logp = model.logits(hidden[at]).log_softmax(-1)
                 row.append(_reduce(logp[torch.arange(len(ans)), torch.tensor(ans, device=logp.device)], reduction))
             scores.append(torch.stack(row).cpu())
     return scores

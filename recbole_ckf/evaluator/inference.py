@@ -1,8 +1,10 @@
-"""What every task's evaluation shares: eval mode and precision, batching, progress bars, prompts without their
-answer, and the pointwise scores of the ctr and rating tasks (:func:`predict_points`).
+"""What every task's evaluation shares: eval mode and precision, length-sorted batching, progress bars,
+prompts without their answer, and the one-position scores of the tasks with a fixed answer set
+(:func:`predict_answer_logits`, :func:`predict_points`).
 
-ctr scores P(Yes) against P(No) at the answer position (``model.predict_ctr``), rating the expectation over the
-five digit tokens (``model.predict_rating``); both read the logits of one position only.
+ctr scores P(Yes) against P(No) at the answer position, rating the expectation over the five digit tokens, the
+listwise sequential task the logits of the candidate letters: one forward pass per sample, logits of one
+position only, over the answer set only.
 """
 
 import contextlib
@@ -35,10 +37,6 @@ def to_device(batch, device):
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def max_history(model):
-    return int(config_value(model.config, "max_history", 5))
-
-
 @contextlib.contextmanager
 def eval_mode(model, autocast):
     was_training = model.training
@@ -58,6 +56,13 @@ def batches(items, size):
         yield items[start:start + size]
 
 
+def length_sorted(encoded):
+    """Indices of ``encoded`` by prompt length (stable): batches of similar lengths need little padding.
+    Scores do not depend on the batch a sample lands in (padding is masked), so the order changes no number
+    beyond float rounding of the batched matmuls."""
+    return sorted(range(len(encoded)), key=lambda k: len(encoded[k].input_ids))
+
+
 def progress(iterable, show, total, desc):
     if not show:
         return iterable
@@ -69,6 +74,30 @@ def n_batches(n, size):
     return (n + size - 1) // size
 
 
+def predict_answer_logits(model, encoder, samples, slotted=True, batch_size=16, autocast=False,
+                          show_progress=False):
+    """``[len(samples), C]`` logits of the task's answer set (``model.answer_logits``); one task per call."""
+    tasks = {s.task for s in samples}
+    if not tasks:
+        return torch.zeros(0, 0)
+    if len(tasks) != 1 or not tasks <= set(model.answer_ids):
+        raise ValueError(f"predict_answer_logits scores samples of one task with a fixed answer set "
+                         f"({sorted(model.answer_ids)}), got {sorted(tasks)}")
+    task = tasks.pop()
+    device = llm_device(model)
+    out = [None] * len(samples)
+    with eval_mode(model, autocast):
+        # encoded with the answer (one token whatever the label), then cut to the prompt: the prompt is
+        # truncated exactly as in training and never depends on the label
+        encoded = [prompt_only(e) for e in encoder.encode_all(samples, slotted)]
+        order = length_sorted(encoded)
+        for idx in progress(batches(order, batch_size), show_progress, n_batches(len(order), batch_size), task):
+            batch = to_device(collate([encoded[k] for k in idx], model.tokenizer.pad_token_id), device)
+            for k, row in zip(idx, model.answer_logits(batch, slotted).float().cpu()):
+                out[k] = row
+    return torch.stack(out)
+
+
 def predict_points(model, encoder, samples, slotted=True, batch_size=16, autocast=False, show_progress=False):
     """The model's score of each ctr sample (P(Yes) against P(No)) or rating sample (expected stars), as a float
     tensor ``[len(samples)]``. All samples must be of one task, ``ctr`` or ``rating``."""
@@ -77,16 +106,7 @@ def predict_points(model, encoder, samples, slotted=True, batch_size=16, autocas
         return torch.zeros(0)
     if len(tasks) != 1 or not tasks <= {"ctr", "rating"}:
         raise ValueError(f"predict_points scores ctr or rating samples of one task, got {sorted(tasks)}")
-    task = tasks.pop()
-    predict = model.predict_ctr if task == "ctr" else model.predict_rating
-    device = llm_device(model)
-    out = []
-    with eval_mode(model, autocast):
-        # encoded with the answer (one token whatever the label), then cut to the prompt: the prompt is
-        # truncated exactly as in training and never depends on the label
-        encoded = [prompt_only(e) for e in encoder.encode_all(samples, slotted)]
-        for chunk in progress(batches(encoded, batch_size), show_progress, n_batches(len(encoded), batch_size),
-                              task):
-            batch = to_device(collate(chunk, model.tokenizer.pad_token_id, max_history(model)), device)
-            out.append(predict(batch, slotted).float().cpu())
-    return torch.cat(out)
+    probs = predict_answer_logits(model, encoder, samples, slotted, batch_size, autocast, show_progress).softmax(-1)
+    if tasks == {"ctr"}:
+        return probs[:, 0]
+    return probs @ torch.arange(1, 6, dtype=probs.dtype)

@@ -20,8 +20,8 @@ from recbole.utils import InputType, ModelType
 
 from recbole_ckf.data.fields import available_tasks, resolve_text_fields
 from recbole_ckf.data.item_text import build_item_texts, token_text
-from recbole_ckf.data.templates import PromptRenderer
-from recbole_ckf.model.llm import ITEM_TOKEN, TINY_LABEL, USER_TOKEN, answer_token_ids, load_llm
+from recbole_ckf.data.templates import LABELS, PromptRenderer
+from recbole_ckf.model.llm import ITEM_TOKEN, TINY_LABEL, USER_TOKEN, answer_token_ids, load_llm, resolve_precision
 from recbole_ckf.model.meta_network import MetaNetworkBridge, inject_slots
 from recbole_ckf.model.multi_lora import activate, attach_multi_lora, trainable_lora_parameters
 
@@ -47,22 +47,34 @@ class CKF(GeneralRecommender):
         # item descriptions from the training split only (``dataset`` here is the training split)
         self.item_texts, self.item_text_note = build_item_texts(config, dataset, dataset)
 
+        # the frozen LM weights in bf16 where that is faster (see llm.resolve_precision); the adapters, the
+        # bridge and the optimizer states stay float32
+        self.precision = resolve_precision(config["precision"], config["device"])
         llm = load_llm(config["llm"], config["llm_cache_dir"], texts=self._corpus(config, dataset, self.item_texts),
-                       seed=config["seed"])
+                       seed=config["seed"], dtype=torch.bfloat16 if self.precision == "bf16" else torch.float32)
         self.llm_name = TINY_LABEL if llm.is_tiny else llm.name
         self.tokenizer = llm.tokenizer
         self.user_token_id, self.item_token_id = llm.user_token_id, llm.item_token_id
         self.hidden_size = llm.hidden_size
+        with torch.no_grad():
+            self.embed_norm = float(llm.model.get_input_embeddings().weight.norm(dim=-1).float().mean()) * \
+                self._embed_scale(llm.model)
         self.llm = attach_multi_lora(
             llm.model, self.tasks, r_shared=config["lora_r_shared"], r_task=config["lora_r_task"],
             alpha=config["lora_alpha"], dropout=config["lora_dropout"],
             target_modules=list(config["lora_target_modules"]), multi_lora=config["multi_lora"])
-        self.renderer = PromptRenderer(config["prompt_templates"], self.item_texts, USER_TOKEN, ITEM_TOKEN)
+        for p in trainable_lora_parameters(self.llm):
+            p.data = p.data.float()
+        self.sequential_answer = config["sequential_answer"] or "label"
+        self.renderer = PromptRenderer(config["prompt_templates"], self.item_texts, USER_TOKEN, ITEM_TOKEN,
+                                       sequential_answer=self.sequential_answer, stats=config["prompt_stats"])
+        # tasks whose answer is one token of a fixed set: their loss and scores use only that set's logits
         self.answer_ids = {
             "ctr": answer_token_ids(self.tokenizer, ["Yes", "No"]),
             "rating": answer_token_ids(self.tokenizer, ["1", "2", "3", "4", "5"]),
         }
-        self.embed_norm = float(self.llm.get_input_embeddings().weight.norm(dim=-1).mean()) * self._embed_scale()
+        if self.sequential_answer == "label":
+            self.answer_ids["sequential"] = answer_token_ids(self.tokenizer, list(LABELS[: config["n_candidates"]]))
         # The frozen CF tables e_u / e_v and the bridge are created by set_cf_tables (their size d comes
         # from the backbone).
         self.bridge = None
@@ -77,10 +89,11 @@ class CKF(GeneralRecommender):
         fields = resolve_text_fields(config)
         if "summary" in fields:
             corpus += token_text(dataset, fields["summary"][1], dataset.inter_feat[fields["summary"][1]].numpy())
-        return corpus + ["Yes", "No", "1 2 3 4 5 stars"]
+        return corpus + ["Yes", "No", "1 2 3 4 5 stars", " ".join(f"({c})" for c in LABELS)]
 
-    def _embed_scale(self):
-        scale = getattr(self.llm.get_input_embeddings(), "embed_scale", None)  # Gemma scales by sqrt(H)
+    @staticmethod
+    def _embed_scale(llm):
+        scale = getattr(llm.get_input_embeddings(), "embed_scale", None)  # Gemma scales by sqrt(H)
         return float(scale) if scale is not None else 1.0
 
     def set_cf_tables(self, user_emb, item_emb):
@@ -91,7 +104,7 @@ class CKF(GeneralRecommender):
         if self.bridge is None or self.bridge.d != d:
             self.bridge = MetaNetworkBridge(
                 d, self.hidden_size, pooling=self.config["pooling"], meta_network=self.config["meta_network"],
-                token_norm=self.embed_norm).to(self.user_table.device)
+                token_norm=self.embed_norm, tied_init=self.config["bridge_tied_init"] is not False).to(self.user_table.device)
 
     def trainable_parameters(self):
         """(LoRA parameters, bridge parameters): the only parameters CKF trains."""
@@ -112,15 +125,20 @@ class CKF(GeneralRecommender):
         return inject_slots(embeds, ids, self.user_token_id, self.item_token_id, h_u, h_v)
 
     def hidden_states(self, batch, slotted):
-        """Last hidden states of the decoder (no LM head: logits are computed only where needed)."""
+        """Last hidden states of the decoder (no LM head: logits are computed only where needed; no KV cache)."""
         activate(self.llm, batch["task"])
         decoder = self.llm.get_base_model().model
-        out = decoder(inputs_embeds=self.input_embeddings(batch, slotted), attention_mask=batch["attention_mask"])
+        out = decoder(inputs_embeds=self.input_embeddings(batch, slotted), attention_mask=batch["attention_mask"],
+                      use_cache=False)
         return out.last_hidden_state
 
-    def _logits(self, hidden, rows=None):
+    def logits(self, hidden, token_ids=None):
+        """LM-head logits of ``hidden`` [N, H], over the whole vocabulary or only over ``token_ids`` (float32)."""
         head = self.llm.get_base_model().lm_head
-        logits = hidden @ head.weight.T if rows is None else hidden @ head.weight[rows].T
+        if token_ids is None:
+            logits = (hidden @ head.weight.T).float()
+        else:  # a handful of rows: cheap to take in float32
+            logits = hidden.float() @ head.weight[token_ids].float().T
         cap = getattr(self.llm.get_base_model().config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
@@ -129,29 +147,54 @@ class CKF(GeneralRecommender):
         return self.calculate_loss(batch, slotted)
 
     def calculate_loss(self, batch, slotted=True):
-        """Answer-only cross-entropy; logits only at the positions that predict an answer token."""
+        """Answer-only cross-entropy, logits only where a label is. Tasks with a one-token answer from a fixed
+        set (ctr: Yes/No, rating: 1-5, listwise sequential: the candidate letters) take the softmax over that
+        set only, as they are scored; explanations (and title answers) over the whole vocabulary."""
         hidden = self.hidden_states(batch, slotted)
+        task = batch["task"]
+        if task in self.answer_ids and self.config["restricted_loss"] is not False:
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            logits = self._choice_logits(hidden[rows, batch["prompt_len"] - 1], batch)
+            answer = batch["labels"][rows, batch["prompt_len"]]
+            targets = (answer[:, None] == torch.as_tensor(self.answer_ids[task], device=answer.device)).float().argmax(-1)
+            return F.cross_entropy(logits, targets)
         targets = batch["labels"][:, 1:]
         where = targets != -100
-        logits = self._logits(hidden[:, :-1][where])
-        return F.cross_entropy(logits.float(), targets[where])
+        return F.cross_entropy(self.logits(hidden[:, :-1][where]), targets[where])
+
+    def _choice_logits(self, hidden, batch):
+        """Logits over the task's answer set; letters past a sample's number of candidates are masked."""
+        logits = self.logits(hidden, self.answer_ids[batch["task"]])
+        n = batch.get("n_choices")
+        if n is not None:
+            logits = logits.masked_fill(torch.arange(logits.shape[1], device=logits.device) >= n[:, None].to(
+                logits.device), float("-inf"))
+        return logits
 
     # ---- scoring (deterministic) ---------------------------------------------------------------------
-    def _last_prompt_hidden(self, batch, slotted):
+    @torch.no_grad()
+    def answer_logits(self, batch, slotted=True):
+        """[B, C] logits of the task's answer set at the answer position (ctr: Yes, No; rating: 1..5;
+        listwise sequential: the candidate letters, -inf past each sample's candidates)."""
         hidden = self.hidden_states(batch, slotted)
-        return hidden[torch.arange(hidden.shape[0]), batch["prompt_len"] - 1]
+        return self._choice_logits(hidden[torch.arange(hidden.shape[0]), batch["prompt_len"] - 1], batch)
 
     @torch.no_grad()
     def predict_ctr(self, batch, slotted=True):
         """P(Yes) against P(No) at the answer position."""
-        logits = self._logits(self._last_prompt_hidden(batch, slotted), self.answer_ids["ctr"]).float()
-        return logits.softmax(-1)[:, 0]
+        return self.answer_logits(batch, slotted).softmax(-1)[:, 0]
 
     @torch.no_grad()
     def predict_rating(self, batch, slotted=True):
         """The expectation of the rating over the probabilities of the five digit tokens."""
-        logits = self._logits(self._last_prompt_hidden(batch, slotted), self.answer_ids["rating"]).float()
-        return logits.softmax(-1) @ torch.arange(1, 6, dtype=torch.float, device=logits.device)
+        probs = self.answer_logits(batch, slotted).softmax(-1)
+        return probs @ torch.arange(1, 6, dtype=probs.dtype, device=probs.device)
+
+    @torch.no_grad()
+    def backbone_scores(self, users, items):
+        """The frozen backbone's score e_u . e_v of (user, item) pairs (the score BPR/LightGCN rank by)."""
+        users, items = torch.as_tensor(users), torch.as_tensor(items)
+        return (self.user_table[users] * self.item_table[items]).sum(-1).cpu()
 
     def predict(self, interaction):
         raise TypeError("CKF scores prompts, not (user, item) pairs: use recbole_ckf.evaluator.task_eval")

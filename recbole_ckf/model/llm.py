@@ -11,7 +11,7 @@
 * ``"tiny"``: a small randomly initialised Gemma-3-architecture model with a BPE tokenizer trained on the data
   set's own text. For tests and CI only: callers label its outputs ``"tiny (random, test only)"``.
 
-Every model comes back in eval mode with float32 weights and the slot tokens ``<|ckf_user|>`` /
+Every model comes back in eval mode with weights of the asked dtype (float32 by default) and the slot tokens ``<|ckf_user|>`` /
 ``<|ckf_item|>`` added, whose embedding rows start at the mean of the existing rows. Note that Gemma's input
 embedding module scales its output by sqrt(hidden_size): build ``inputs_embeds`` with
 ``model.get_input_embeddings()(ids)``, not with the raw weight matrix.
@@ -67,29 +67,58 @@ def default_cache_dir():
 
 
 def load_llm(llm: str = GEMMA_NAME, cache_dir: str | None = None, texts: list[str] | None = None,
-             seed: int = 2020, tiny_config: dict | None = None) -> LoadedLLM:
+             seed: int = 2020, tiny_config: dict | None = None, dtype: torch.dtype = torch.float32) -> LoadedLLM:
     """Load the language model named by ``llm`` (see the module docstring) and add the slot tokens.
 
     ``texts`` (the data set's own text) and ``seed`` are used by ``tiny`` only: two loads with the same
     texts and seed give identical weights and tokenization. ``cache_dir`` is used by ``gemma-3-270m`` only
-    (default ``$RECBOLE_CKF_CACHE`` or ``~/.cache/recbole_ckf``).
+    (default ``$RECBOLE_CKF_CACHE`` or ``~/.cache/recbole_ckf``). ``dtype``: of the weights as loaded (bf16 loads
+    need half the memory of a float32 load followed by a cast).
     """
     start = time.perf_counter()
     llm = str(llm).strip()
     if llm == TINY_NAME:
         model, tokenizer = _load_tiny(texts or [], seed, tiny_config or {})
     elif llm == GEMMA_NAME:
-        model, tokenizer = _load_folder(_gemma_cache(cache_dir or default_cache_dir()))
+        model, tokenizer = _load_folder(_gemma_cache(cache_dir or default_cache_dir()), dtype)
     else:
-        model, tokenizer = _load_folder(llm)
+        model, tokenizer = _load_folder(llm, dtype)
     is_tiny = bool(getattr(model.config, "ckf_tiny", False))  # also true for a saved tiny model's folder
     if is_tiny:
         logger.warning("llm: %s is a randomly initialised model for tests; its results mean nothing", llm)
     user_id, item_id = _add_slot_tokens(model, tokenizer)
-    model.float().eval()
+    model.to(dtype).eval()
     return LoadedLLM(model=model, tokenizer=tokenizer, user_token_id=user_id, item_token_id=item_id,
                      name=llm, is_tiny=is_tiny, load_seconds=time.perf_counter() - start,
                      hidden_size=model.get_input_embeddings().embedding_dim)
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(setting, device=None):
+    """The dtype of the frozen LM weights: ``fp32`` or ``bf16`` (``auto``: bf16 where the hardware computes it
+    natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX, as oneDNN reports; else fp32).
+
+    Measured on 2 cores of an AMD EPYC with AVX512-BF16 (``benchmarks/bench_speed.py``): a Gemma-3-270M
+    training step with bf16 weights runs about 1.7x the tokens/s of float32 weights, and the process needs
+    half the memory for the weights. bf16 *autocast* (``mixed_precision``) is another matter: it casts float32
+    weights at every op and was slower than float32 on that CPU.
+    """
+    setting = "auto" if setting is None else str(setting)
+    if setting not in PRECISIONS:
+        raise CKFError(f"precision: expected {', '.join(PRECISIONS)}, got '{setting}'")
+    if setting != "auto":
+        return setting
+    device_type = getattr(device, "type", str(device or "cpu"))
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device_type == "cpu":
+        try:
+            return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+        except (AttributeError, RuntimeError):
+            return "fp32"
+    return "fp32"
 
 
 def answer_token_ids(tokenizer, words: list[str]) -> list[int]:
@@ -118,13 +147,13 @@ def answer_token_ids(tokenizer, words: list[str]) -> list[int]:
 # ---------------------------------------------------------------------------------------------------------
 # local folders (also the Gemma cache)
 
-def _load_folder(path):
+def _load_folder(path, dtype=torch.float32):
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise CKFError(f"llm: '{path}' is not a model folder (expected a Hugging Face folder with "
                        f"config.json, or '{GEMMA_NAME}' / '{TINY_NAME}')")
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
     except (OSError, ValueError, KeyError) as err:
         raise CKFError(f"llm: could not load the model folder '{path}': {err}") from err
     tokenizer.padding_side = "right"  # answers sit after the prompt; positions start at 0 on the left
@@ -297,9 +326,12 @@ def _add_slot_tokens(model, tokenizer):
             out = model.get_output_embeddings()
             if out is not None and out.weight is not weights[0]:  # untied output layer
                 weights.append(out.weight)
-            for w in weights:  # mean of the other rows, without copying a 262k-row matrix
+            for w in weights:  # mean of the other rows, summed in float32 by chunks (no copy of a 262k-row matrix)
                 w[fresh] = 0.0
-                w[fresh] = w.sum(dim=0) / (w.shape[0] - len(fresh))
+                total = torch.zeros(w.shape[1], dtype=torch.float32)
+                for start in range(0, w.shape[0], 16384):
+                    total += w[start:start + 16384].float().sum(dim=0)
+                w[fresh] = (total / (w.shape[0] - len(fresh))).to(w.dtype)
     return ids[0], ids[1]
 
 

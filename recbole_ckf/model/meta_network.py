@@ -94,6 +94,7 @@ class MetaNetworkBridge(nn.Module):
         proj_hidden: hidden width of Proj_user / Proj_item (default ``hidden_size``).
         token_norm: typical L2 norm of the LLM's input-embedding rows (the caller measures it on the
             embedding table, including any embedding multiplier); ``None`` disables output normalisation.
+        tied_init: Proj_item starts with Proj_user's weights (``False``: independent random initialisations).
     """
 
     def __init__(
@@ -106,6 +107,7 @@ class MetaNetworkBridge(nn.Module):
         dropout=0.0,
         proj_hidden=None,
         token_norm=1.0,
+        tied_init=True,
     ):
         super().__init__()
         self.d = d
@@ -133,6 +135,11 @@ class MetaNetworkBridge(nn.Module):
             self.delta_W = nn.Parameter(torch.zeros(d, d))
         self.proj_user = TokenProjection(d, hidden_size, proj_hidden, dropout, token_norm)
         self.proj_item = TokenProjection(d, hidden_size, proj_hidden, dropout, token_norm)
+        if tied_init:
+            # Proj_item starts as a copy of Proj_user (they learn apart): a user token and the tokens of the items
+            # its CF embedding scores high then start out alike in the LLM's input space, a likeness attention
+            # can read from the first step (W_u starts at I, so e~_u = e_u)
+            self.proj_item.load_state_dict(self.proj_user.state_dict())
 
     def user_mapping(self, e_H, mask):
         """W_u [B, d, d] from the history embeddings e_H [B, L, d] and their mask [B, L]."""

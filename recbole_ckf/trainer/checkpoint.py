@@ -18,11 +18,13 @@ import torch
 
 from recbole_ckf.errors import CKFError
 from recbole_ckf.model.multi_lora import load_lora_state_dict, lora_state_dict
-from recbole_ckf.utils import atomic_path
+from recbole_ckf.utils import atomic_path, atomic_write_json
 
 FILES = ("meta.json", "adapters.pt", "bridge.pt", "cf_tables.pt")
 _CONFIG_KEYS = ("llm", "tasks", "backbone", "use_cf", "meta_network", "multi_lora", "pooling", "lora_r_shared",
-                "lora_r_task", "lora_alpha", "lora_target_modules", "max_history", "prompt_templates", "seed")
+                "lora_r_task", "lora_alpha", "lora_target_modules", "max_history", "pool_history", "prompt_templates",
+                "sequential_answer", "n_candidates", "prompt_stats", "exclude_own_review", "item_text_words",
+                "item_text_reviews", "ctr_threshold", "max_length", "explanation_max_tokens", "precision", "seed")
 
 
 def save_checkpoint(model, path, trainer_state=None, extra=None):
@@ -45,6 +47,14 @@ def save_checkpoint(model, path, trainer_state=None, extra=None):
             torch.save(trainer_state, os.path.join(tmp, "trainer_state.pt"))
         with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, default=str)
+
+
+def record_adjustments(path, adjust):
+    """Add the calibration / fusion fitted on validation to a checkpoint's meta.json (atomically), so that a
+    program using the checkpoint later (``recommend``) applies what the evaluation applied."""
+    meta = read_meta(path)
+    meta["adjust"] = adjust
+    atomic_write_json(os.path.join(path, "meta.json"), meta)
 
 
 def read_meta(path):

@@ -2,9 +2,12 @@
 
 ``fit`` (1) trains the CF backbone with RecBole's own trainer on the training split (or loads it), (2) builds
 the four task data sets from RecBole's split, (3) tunes the LoRA adapters and the bridge on batches of one
-task at a time, interleaved, with a curriculum from text-only to slotted prompts, AdamW with warmup and
-cosine decay, gradient clipping and accumulation, mixed precision, and early stopping on a validation
-metric. ``evaluate`` scores the test split deterministically through RecBole's evaluator.
+task at a time, interleaved (ctr batches class-balanced; batches of similar lengths), with a curriculum from
+text-only to slotted prompts, AdamW with warmup and cosine decay for the adapters and warmup then a constant
+rate for the bridge (it learns only from slotted prompts, which come late), gradient clipping and
+accumulation, and early stopping on a validation metric. ``evaluate`` fits the calibration (and the optional
+backbone fusion) on the validation scores of the tested model, then scores the test split deterministically
+through RecBole's evaluator.
 
 Accelerate owns devices and processes: ``accelerate launch run_recbole_ckf.py ...`` runs the same code on
 several processes (each takes its share of every batch; all take the same task at the same step).
@@ -13,6 +16,7 @@ several processes (each takes its share of every batch; all take the same task a
 import math
 import os
 import random
+import resource
 import time
 from datetime import timedelta
 from logging import getLogger
@@ -25,18 +29,37 @@ from recbole.evaluator.register import smaller_metrics
 from recbole.trainer import AbstractTrainer
 from recbole.utils import get_local_time, set_color
 from tqdm import tqdm
-from transformers import get_cosine_schedule_with_warmup
-
 from recbole_ckf.data.collate import Encoder, cache_key, cached, collate
-from recbole_ckf.data.tasks import TaskBuilder, candidate_lists
+from recbole_ckf.data.tasks import CODE_VERSION, TaskBuilder, candidate_lists, sample_users, split_fingerprint
 from recbole_ckf.errors import CKFError
 from recbole_ckf.model.backbone import load_backbone_checkpoint, train_backbone
-from recbole_ckf.trainer.checkpoint import load_checkpoint, save_checkpoint
+from recbole_ckf.trainer.checkpoint import load_checkpoint, record_adjustments, save_checkpoint
+from recbole_ckf.utils import stable_hash
 
 
-def curriculum_weight(progress, steepness):
-    """Weight of the slotted-prompt loss: a sigmoid ramp from ~0 (text only) to ~1 (slotted) over training."""
-    return 1.0 / (1.0 + math.exp(-steepness * (progress - 0.5)))
+def curriculum_weight(progress, steepness, midpoint=0.5, floor=0.0):
+    """Weight of the slotted-prompt loss: a sigmoid ramp from text-only to slotted prompts over training,
+    ``floor + (1 - floor) * sigmoid(steepness * (progress - midpoint))``."""
+    return floor + (1.0 - floor) / (1.0 + math.exp(-steepness * (progress - midpoint)))
+
+
+def lr_lambdas(warmup, total, bridge_schedule="constant"):
+    """Learning-rate factors per optimizer step: adapters warm up then decay on a cosine; the bridge warms up
+    then keeps its rate (it learns only from slotted prompts, most of which come after the curriculum's
+    midpoint: a cosine would leave it a small rate just when its batches come)."""
+    def cosine(step):
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup)))))
+
+    def constant(step):
+        return min(1.0, step / max(1, warmup))
+    return cosine, (constant if bridge_schedule == "constant" else cosine)
+
+
+def peak_rss_gib():
+    """The process's peak resident memory so far (GiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
 def resolve_mixed_precision(setting, cuda=None):
@@ -61,14 +84,6 @@ def use_cpu(config):
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator
 
 
-def sample_users(users, limit, seed):
-    """A deterministic subset of ``limit`` users (all when ``limit`` is None)."""
-    users = np.unique(np.asarray(users))
-    if limit is None or limit >= len(users):
-        return users
-    return np.sort(np.random.default_rng(seed).choice(users, size=limit, replace=False))
-
-
 class CKFTrainer(AbstractTrainer):
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -90,18 +105,25 @@ class CKFTrainer(AbstractTrainer):
         self.best_path = os.path.join(self.run_dir, "best")
         self.last_path = os.path.join(self.run_dir, "last")
         self.saved_model_file = self.best_path  # RecBole's name for it
-        self.builder = self.encoder = None
+        self.builder = self.encoder = self.valid_data = None
+        self.valid_scores = None  # raw validation scores of the best model (for calibration and fusion)
+
+    def log_memory(self, phase):
+        self.logger.info(f"memory: peak RSS {peak_rss_gib():.2f} GiB after {phase}")
 
     # ---- data --------------------------------------------------------------------------------------
-    def setup(self, train_data):
-        """Task builder, encoder and training-interaction counts (needed by fit and by evaluate)."""
+    def setup(self, train_data, valid_data=None):
+        """Task builder, encoder and training-interaction counts (needed by fit and by evaluate); the validation
+        split (test histories continue through it; calibration is fitted on it)."""
         model, config = self.model, self.config
         train_dataset = train_data.dataset
         self.builder = TaskBuilder(config, train_dataset, train_dataset, model.tasks, model.item_texts)
         self.encoder = Encoder(model.tokenizer, model.renderer, config["max_length"])
+        self.valid_data = valid_data
         users = train_dataset.inter_feat[train_dataset.uid_field].numpy()
         self.train_counts = np.bincount(users, minlength=model.n_users)
-        self.logger.info(f"CKF language model: {model.llm_name}; item text: {model.item_text_note}")
+        self.logger.info(f"CKF language model: {model.llm_name} (weights {model.precision}); item text: "
+                         f"{model.item_text_note}")
         for task, reason in model.unavailable_tasks.items():
             self.logger.warning(f"task '{task}' unavailable: {reason}")
 
@@ -111,26 +133,30 @@ class CKFTrainer(AbstractTrainer):
         return os.path.join(base, "tasks")
 
     def _encoded_train(self):
-        """Training samples of every epoch's plan, tokenised once (slotted and text-only) and cached on disk.
+        """Training samples of every epoch's selection, tokenised once (slotted and text-only) and cached on disk
+        under a hash of what they are made of: the training split itself, the item texts, the prompt settings,
+        the tokenizer and the code version (so that no other split's samples are ever reused).
 
-        Only the samples the plans draw are encoded (``train_samples_per_task`` bounds an epoch on CPU)."""
+        Only the samples the selections draw are encoded (``train_samples_per_task`` bounds an epoch on CPU)."""
         config, model = self.config, self.model
-        inter = os.path.join(config["data_path"], f"{config['dataset']}.inter")
-        keys = ("max_history", "ctr_threshold", "n_candidates", "item_text_words", "item_text_reviews",
-                "prompt_templates", "max_length", "seed", "eval_args", "epochs", "train_samples_per_task",
-                "train_batch_size", "load_col", "text_fields")
-        key = cache_key("train", config["dataset"], os.path.getmtime(inter), os.path.getsize(inter),
-                        {k: config[k] for k in keys}, model.tasks, model.llm_name, len(model.tokenizer),
-                        model.tokenizer.name_or_path, self.accelerator.num_processes)
+        keys = ("max_history", "pool_history", "ctr_threshold", "n_candidates", "item_text_words",
+                "item_text_reviews", "prompt_templates", "max_length", "seed", "epochs", "train_samples_per_task",
+                "balance_ctr", "sequential_answer", "prompt_stats", "exclude_own_review")
+        key = cache_key("train", CODE_VERSION, split_fingerprint(config, self.builder.dataset),
+                        stable_hash([str(t) for t in model.item_texts]), {k: config[k] for k in keys}, model.tasks,
+                        model.llm_name, len(model.tokenizer), model.tokenizer.name_or_path)
 
         def build():
             samples = self.builder.train_samples()
             sizes = {t: len(v) for t, v in samples.items()}
+            labels = {t: np.array([s.label for s in v]) for t, v in samples.items()}
             needed = {t: set() for t in samples}
             for epoch in range(config["epochs"]):
-                for task, idx in self._plan(sizes, epoch):
+                for task, idx in self._selection(sizes, labels, epoch).items():
                     needed[task].update(int(i) for i in idx)
-            encoded = {"sizes": sizes}
+            encoded = {"sizes": sizes, "labels": labels,
+                       "answer_tokens": [len(model.tokenizer(s.answer, add_special_tokens=False)["input_ids"])
+                                         for s in samples.get("explanation", [])]}
             for mode in ("slot", "text"):
                 encoded[mode] = {}
                 for task, idx in needed.items():
@@ -140,22 +166,45 @@ class CKFTrainer(AbstractTrainer):
             return encoded
         return cached(self._cache_dir(), key, build)
 
-    def eval_samples(self, eval_data, limit):
+    def eval_samples(self, eval_data, limit, earlier=()):
         lists = candidate_lists(eval_data, self.seed)
         users = sample_users(eval_data.dataset.inter_feat[eval_data.dataset.uid_field].numpy(), limit, self.seed)
-        return self.builder.eval_samples(eval_data.dataset, lists, users)
+        return self.builder.eval_samples(eval_data.dataset, lists, users, earlier=earlier)
 
-    def _plan(self, sizes, epoch):
-        """This epoch's batches: (task, sample indices), one task per batch, tasks interleaved; seeded per
-        epoch so that a resumed run sees exactly the batches of an uninterrupted one."""
+    def _selection(self, sizes, labels, epoch):
+        """``{task: sample indices}`` drawn for one epoch (seeded per epoch: a resumed run sees exactly the
+        samples of an uninterrupted one). ctr draws both classes equally (``balance_ctr``): with 85% "Yes",
+        a plain draw gives a handful of "No" per epoch; calibration on validation restores the base rate."""
         rng = np.random.default_rng([self.seed, epoch])
         per_task = self.config["train_samples_per_task"]
-        size = self.config["train_batch_size"] * self.accelerator.num_processes
-        plan = []
+        out = {}
         for task in self.model.tasks:
             n = sizes[task]
-            order = rng.permutation(n)[: (n if per_task is None else min(n, per_task))]
-            plan += [(task, order[i:i + size]) for i in range(0, len(order), size)]
+            k = n if per_task is None else min(n, per_task)
+            if task == "ctr" and self.config["balance_ctr"] and n:
+                classes = [np.flatnonzero(labels[task] == c) for c in (1.0, 0.0)]
+                want = [k - k // 2, k // 2]
+                if min(len(c) for c in classes) < k // 2:  # a rare class: all of it, the rest from the other
+                    small = int(np.argmin([len(c) for c in classes]))
+                    want[small], want[1 - small] = len(classes[small]), k - len(classes[small])
+                out[task] = np.concatenate([rng.permutation(c)[:w] for c, w in zip(classes, want)])
+            else:
+                out[task] = rng.permutation(n)[:k]
+        return out
+
+    def _plan(self, encoded, epoch):
+        """This epoch's batches: (task, sample indices), one task per batch, tasks interleaved. Within windows
+        of ``length_bucket_batches`` batches, samples are sorted by length, so a batch pads little."""
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        size = self.config["train_batch_size"] * self.accelerator.num_processes
+        window = size * max(1, self.config["length_bucket_batches"] or 1)
+        plan = []
+        for task, idx in self._selection(encoded["sizes"], encoded["labels"], epoch).items():
+            idx = rng.permutation(idx)
+            lengths = encoded["slot"][task]
+            for w in range(0, len(idx), window):
+                chunk = sorted(idx[w:w + window], key=lambda i: len(lengths[int(i)].input_ids))
+                plan += [(task, np.array(chunk[i:i + size])) for i in range(0, len(chunk), size)]
         rng.shuffle(plan)
         return plan
 
@@ -183,7 +232,8 @@ class CKFTrainer(AbstractTrainer):
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         config, model, acc = self.config, self.model, self.accelerator
         if self.builder is None:
-            self.setup(train_data)
+            self.setup(train_data, valid_data)
+        self.valid_data = valid_data
         state = None
         self.logger.info(f"run folder: {self.run_dir} (an interrupted run continues with --resume={self.run_dir})")
         if config["resume"]:  # checked by quick_start.check_run_inputs: the run folder has a complete last/
@@ -193,88 +243,35 @@ class CKFTrainer(AbstractTrainer):
             tables = self._cf_tables(train_data, valid_data)
             model.set_cf_tables(tables.user_emb, tables.item_emb)
             self.logger.info(f"backbone {tables.model_name}: tables {tuple(tables.user_emb.shape)}, {tuple(tables.item_emb.shape)}")
+            self.log_memory("the backbone")
         model.to(self.device)
         encoded = self._encoded_train()
+        self._set_explanation_tokens(encoded)
         valid = self.eval_samples(valid_data, config["valid_users"]) if valid_data is not None else None
+        self.log_memory("building the task samples")
 
-        lora, bridge = model.trainable_parameters()
-        groups = [{"params": lora, "lr": config["learning_rate"], "weight_decay": config["weight_decay"]}]
-        if bridge:
-            groups.append({"params": bridge, "lr": config["bridge_learning_rate"], "weight_decay": config["weight_decay"]})
-        optimizer = torch.optim.AdamW(groups)
-        # DDP registers (for its gradient all-reduce) only the parameters that require grad when it wraps the
-        # model: all of them must, although activate() leaves only the batch's adapters requiring grad per step
-        for p in lora + bridge:
-            p.requires_grad_(True)
-        micro_steps = max(1, len(self._plan(encoded["sizes"], 0)) * config["epochs"])  # batches over the run
-        total = max(1, math.ceil(micro_steps / acc.gradient_accumulation_steps))  # optimizer steps
-        scheduler = get_cosine_schedule_with_warmup(optimizer, int(config["warmup_ratio"] * total), total)
+        optimizer, scheduler, params, micro_steps = self._optimizer(encoded)
         wrapped, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
-        params = lora + bridge
 
         start, best, best_result, patience, step = 0, None, {}, 0, 0
         if state is not None:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start, best, best_result, patience, step = (state["epoch"] + 1, state["best"], state["best_result"],
-                                                        state["patience"], state["step"])
-            torch.set_rng_state(state["torch_rng"])
-            np.random.set_state(state["numpy_rng"])
-            random.setstate(state["python_rng"])
-            if state.get("cuda_rng") is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-            acc.step = step  # gradient accumulation counts micro-steps over the whole run
-            if patience >= config["stopping_step"]:  # the run had stopped early: nothing left to train
-                start = config["epochs"]
-
-        for epoch in range(start, config["epochs"]):
-            model.train()
-            t0, tokens, losses = time.time(), 0, []
-            plan = self._plan(encoded["sizes"], epoch)
-            bar = tqdm(plan, desc=set_color(f"Train {epoch:>3}", "pink"), disable=not (show_progress and acc.is_main_process))
-            for task, idx in bar:
-                mine = idx[acc.process_index::acc.num_processes]
-                if len(mine) == 0:
-                    mine = idx[:1]
-                w = curriculum_weight(step / micro_steps, config["curriculum_steepness"]) if model.use_cf else 0.0
-                # The curriculum's loss w * L_slotted + (1 - w) * L_text is estimated by drawing the prompt form
-                # with probability w: the same expected loss and gradient at one forward pass per step.
-                slotted = bool(np.random.default_rng([self.seed, 7, step]).random() < w)
-                mode = "slot" if slotted else "text"
-                batch = self._to_device(collate([encoded[mode][task][int(i)] for i in mine],
-                                                model.tokenizer.pad_token_id, config["max_history"]))
-                tokens += int(batch["attention_mask"].sum())
-                with acc.accumulate(wrapped):
-                    loss = wrapped(batch, slotted=slotted)
-                    acc.backward(loss)
-                    if acc.sync_gradients and config["clip_grad_norm"]:
-                        acc.clip_grad_norm_(params, config["clip_grad_norm"])
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)  # never zeros: inactive adapters must stay untouched
-                step += 1
-                losses.append(loss.detach().item())
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", tok_s=f"{tokens / (time.time() - t0):.0f}", w=f"{w:.2f}")
-            self.logger.info(set_color(f"epoch {epoch} training", "green") + f" [time: {time.time() - t0:.2f}s, "
-                             f"train loss: {np.mean(losses):.4f}, tokens/s: {tokens / (time.time() - t0):.0f}, "
-                             f"slotted weight: {w:.2f}]")
-
+            start, best, best_result, patience, step = self._restore(state, optimizer, scheduler)
+        epochs = config["epochs"]
+        for epoch in range(start, epochs):
+            step, w = self._train_epoch(epoch, encoded, wrapped, optimizer, scheduler, params, step, micro_steps,
+                                        show_progress)
+            self.log_memory(f"training epoch {epoch}")
             stop = False
-            if valid is not None and (epoch + 1) % config["eval_step"] == 0:
-                t1 = time.time()
-                result = self._evaluate_samples(valid, show_progress)
-                key, bigger = self._valid_key(result)
-                score = result[key]
-                improved = best is None or (score > best if bigger else score < best)
+            # validate every eval_step epochs and after the last one (its training is never thrown away)
+            if valid is not None and ((epoch + 1) % config["eval_step"] == 0 or epoch + 1 == epochs):
+                score, result, scores = self._validate(valid, show_progress)
+                improved = best is None or (score > best if self._bigger else score < best)
                 if improved:
-                    best, best_result, patience = score, result, 0
+                    best, best_result, patience, self.valid_scores = score, result, 0, scores
                     if saved and acc.is_main_process:
                         save_checkpoint(model, self.best_path, extra={"epoch": epoch, "valid": dict(result)})
                 else:
                     patience += 1
-                self.logger.info(set_color(f"epoch {epoch} evaluating", "green") +
-                                 f" [time: {time.time() - t1:.2f}s, valid_score: {score:.4f} ({key})]")
-                self.logger.info(set_color("valid result", "blue") + ": \n" + _format(result))
                 stop = patience >= config["stopping_step"]
             if saved and acc.is_main_process:
                 save_checkpoint(model, self.last_path, extra={"epoch": epoch}, trainer_state={
@@ -290,28 +287,155 @@ class CKFTrainer(AbstractTrainer):
         self.best_valid_score, self.best_valid_result = best if best is not None else -1, best_result
         return self.best_valid_score, self.best_valid_result
 
+    def _set_explanation_tokens(self, encoded):
+        """``explanation_max_tokens: ~``: the 99th percentile of the training headlines' token counts, + 1."""
+        lengths = encoded.get("answer_tokens") or []
+        if self.config["explanation_max_tokens"] is None and lengths:
+            self.config["explanation_max_tokens"] = int(np.percentile(lengths, 99)) + 1
+            self.logger.info(f"explanation: decoding at most {self.config['explanation_max_tokens']} tokens "
+                             f"(99th percentile of the training headlines + 1)")
+
+    def _optimizer(self, encoded):
+        config, model, acc = self.config, self.model, self.accelerator
+        lora, bridge = model.trainable_parameters()
+        groups = [{"params": lora, "lr": config["learning_rate"], "weight_decay": config["weight_decay"]}]
+        if bridge:
+            groups.append({"params": bridge, "lr": config["bridge_learning_rate"], "weight_decay": config["weight_decay"]})
+        optimizer = torch.optim.AdamW(groups)
+        # DDP registers (for its gradient all-reduce) only the parameters that require grad when it wraps the
+        # model: all of them must, although activate() leaves only the batch's adapters requiring grad per step
+        for p in lora + bridge:
+            p.requires_grad_(True)
+        micro_steps = max(1, len(self._plan(encoded, 0)) * config["epochs"])  # batches over the run
+        # Accelerate's scheduler wrapper steps the schedule once per process at every optimizer step: count the
+        # schedule in those units, so that N processes follow the very LR curve of one
+        total = max(1, math.ceil(micro_steps / acc.gradient_accumulation_steps)) * acc.num_processes
+        warmup = int(config["warmup_ratio"] * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, list(lr_lambdas(warmup, total, config["bridge_schedule"] or "constant"))[:len(groups)])
+        return optimizer, scheduler, lora + bridge, micro_steps
+
+    def _restore(self, state, optimizer, scheduler):
+        config, acc = self.config, self.accelerator
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        acc.step = state["step"]  # gradient accumulation counts micro-steps over the whole run
+        start = state["epoch"] + 1
+        if state["patience"] >= config["stopping_step"]:  # the run had stopped early: nothing left to train
+            start = config["epochs"]
+        return start, state["best"], state["best_result"], state["patience"], state["step"]
+
+    def _train_epoch(self, epoch, encoded, wrapped, optimizer, scheduler, params, step, micro_steps, show_progress):
+        config, model, acc = self.config, self.model, self.accelerator
+        model.train()
+        t0, tokens, losses, w, per_task = time.time(), 0, [], 0.0, {}
+        plan = self._plan(encoded, epoch)
+        bar = tqdm(plan, desc=set_color(f"Train {epoch:>3}", "pink"), disable=not (show_progress and acc.is_main_process))
+        for task, idx in bar:
+            mine = idx[acc.process_index::acc.num_processes]
+            if len(mine) == 0:
+                mine = idx[:1]
+            w = curriculum_weight(step / micro_steps, config["curriculum_steepness"], config["curriculum_midpoint"],
+                                  config["curriculum_floor"]) if model.use_cf else 0.0
+            # The curriculum's loss w * L_slotted + (1 - w) * L_text is estimated by drawing the prompt form
+            # with probability w: the same expected loss and gradient at one forward pass per step.
+            slotted = bool(np.random.default_rng([self.seed, 7, step]).random() < w)
+            mode = "slot" if slotted else "text"
+            batch = self._to_device(collate([encoded[mode][task][int(i)] for i in mine], model.tokenizer.pad_token_id))
+            tokens += int(batch["attention_mask"].sum())
+            with acc.accumulate(wrapped):
+                loss = wrapped(batch, slotted=slotted)
+                acc.backward(loss)
+                if acc.sync_gradients and config["clip_grad_norm"]:
+                    acc.clip_grad_norm_(params, config["clip_grad_norm"])
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)  # never zeros: inactive adapters must stay untouched
+            step += 1
+            losses.append(loss.detach().item())
+            per_task.setdefault(task, []).append(losses[-1])
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", tok_s=f"{tokens / (time.time() - t0):.0f}", w=f"{w:.2f}")
+        self.logger.info(set_color(f"epoch {epoch} training", "green") + f" [time: {time.time() - t0:.2f}s, "
+                         f"train loss: {np.mean(losses) if losses else float('nan'):.4f}, tokens/s: "
+                         f"{tokens / (time.time() - t0):.0f}, slotted weight: {w:.2f}; loss per task: "
+                         + ", ".join(f"{t} {np.mean(v):.3f}" for t, v in per_task.items()) + "]")
+        return step, w
+
+    @property
+    def _bigger(self):
+        return str(self.config["valid_metric"]).lower().split("@")[0] not in smaller_metrics
+
+    def _validate(self, valid, show_progress):
+        from recbole_ckf.evaluator.task_eval import task_metrics
+
+        t1 = time.time()
+        scores = self._score_samples(valid, show_progress)
+        result = task_metrics(scores, self.config, self.train_counts)
+        key, _ = self._valid_key(result)
+        score = result[key]
+        self.logger.info(set_color("validation", "green") + f" [time: {time.time() - t1:.2f}s, valid_score: "
+                         f"{score:.4f} ({key})]")
+        self.logger.info(set_color("valid result", "blue") + ": \n" + _format(result))
+        return score, result, scores
+
     def _to_device(self, batch):
         return {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
     # ---- evaluation ----------------------------------------------------------------------------------
-    def _evaluate_samples(self, samples, show_progress):
-        from recbole_ckf.evaluator.task_eval import evaluate_tasks
+    def _score_samples(self, samples, show_progress):
+        from recbole_ckf.evaluator.task_eval import score_tasks
 
         self.model.eval()
         with self.accelerator.autocast():
-            return evaluate_tasks(self.model, samples, self.encoder, self.config, self.train_counts,
-                                  slotted=self.model.use_cf, show_progress=show_progress)
+            return score_tasks(self.model, samples, self.encoder, self.config, slotted=self.model.use_cf,
+                               show_progress=show_progress)
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        """Test results per task (``task:metric``, plus ``[warm]``/``[cold]`` groups) as RecBole's result dict."""
+        """Test results per task (``task:metric``, plus ``[warm]``/``[cold]`` groups, ``[uncalibrated]``,
+        ``[backbone]`` and, with ``score_fusion: backbone``, ``[fusion]``) as RecBole's result dict.
+
+        The calibration (and fusion) is fitted on the validation scores of the very model tested: those kept
+        from its validation in ``fit``, or computed here (``--eval_only``, or a model loaded from a file)."""
+        from recbole_ckf.evaluator.task_eval import fit_adjustments, task_metrics
+
         path = model_file or (self.best_path if load_best_model else None)
         self.accelerator.wait_for_everyone()  # only the main process writes checkpoints: let it finish
         if model_file or (path and os.path.isdir(path)):
             load_checkpoint(self.model, path)
             self.logger.info(f"loaded CKF checkpoint {path}")
+            if model_file:
+                self.valid_scores = None
         self.model.to(self.device)
-        return self._evaluate_samples(self.eval_samples(eval_data, self.config["eval_users"]), show_progress)
+        valid_scores = self.valid_scores
+        if valid_scores is None and self.valid_data is not None:
+            valid_scores = self._score_samples(self.eval_samples(self.valid_data, self.config["valid_users"]),
+                                               show_progress)
+        fusion = self.config["score_fusion"] == "backbone"
+        adjust = fit_adjustments(valid_scores, fusion=fusion) if valid_scores else None
+        if adjust:
+            self.logger.info(f"calibration{' and fusion' if fusion else ''} fitted on validation: {adjust}")
+            if path and os.path.isdir(path) and self.accelerator.is_main_process:
+                try:
+                    record_adjustments(path, adjust)
+                except OSError as err:  # a read-only checkpoint folder: the evaluation does not need it
+                    self.logger.warning(f"could not record the calibration in {path}: {err}")
+        # test prompts continue the history through the validation interaction (test_history: train_valid), as
+        # RecBole's sequential models see it; test_history: train is the ablation
+        earlier = (self.valid_data.dataset,) if (self.valid_data is not None and
+                                                 self.config["test_history"] != "train") else ()
+        samples = self.eval_samples(eval_data, self.config["eval_users"], earlier=earlier)
+        t0 = time.time()
+        result = task_metrics(self._score_samples(samples, show_progress), self.config, self.train_counts, adjust)
+        self.logger.info(f"test: {sum(len(v) for v in samples.values())} samples of "
+                         f"{len({s.user for v in samples.values() for s in v})} users in {time.time() - t0:.1f}s")
+        self.log_memory("the test evaluation")
+        return result
 
 
 def _format(result):
