@@ -129,7 +129,7 @@ def markdown(report):
     lines += ["## Settings of every trained baseline", "",
               "| model | task | settings |", "|---|---|---|"]
     for r in report["rows"]:
-        if r["kind"] == "ckf":
+        if r["kind"].startswith("ckf"):
             continue
         s = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
         lines.append(f"| {r['model']} | {r['task']} | {s} |")
@@ -152,6 +152,24 @@ def goal_and_ablation_lines(report):
         value, top = ckf[task]["ckf_users"].get(metric), best["ckf_users"][metric]
         gap = f"{value - top:+.4f}" if value is not None else "n/a"
         lines.append(f"| {task} | {metric} | {_fmt(value)} | {best['model']} {_fmt(top)} | {gap} |")
+    fused = {r["task"]: r for r in rows if r["kind"] == "ckf_fusion"}
+    own = {r["task"]: r for r in rows if r["kind"] == "ckf_backbone"}
+    if fused:
+        lines += ["", "Fused row (`score_fusion: backbone`, the blend fitted on validation) against CKF's own backbone "
+                  "and the best baseline:", "",
+                  "| task | metric | CKF + fusion | own backbone | best baseline | fusion - best |",
+                  "|---|---|---|---|---|---|"]
+        for task, metric in (("ctr", "auc"), ("sequential", "ndcg@3"), ("rating", "rmse")):
+            if task not in fused:
+                continue
+            base = [r for r in rows if r["task"] == task and r["kind"] == "baseline" and metric in r["ckf_users"]]
+            pick = min if metric == "rmse" else max
+            best = pick(base, key=lambda r: r["ckf_users"][metric]) if base else None
+            value = fused[task]["ckf_users"].get(metric)
+            bb = own[task]["ckf_users"].get(metric) if task in own else None
+            gap = f"{value - best['ckf_users'][metric]:+.4f}" if best and value is not None else "n/a"
+            lines.append(f"| {task} | {metric} | {_fmt(value)} | {_fmt(bb) if bb is not None else '-'} | "
+                         f"{(best['model'] + ' ' + _fmt(best['ckf_users'][metric])) if best else '-'} | {gap} |")
     variants = list(dict.fromkeys(r["model"] for r in rows if r["kind"] == "ckf"))  # in the order they were added
     if len(variants) < 2 or "CKF" not in variants:
         return lines + [""]

@@ -267,8 +267,13 @@ def floor_rows(dataset, tasks, protocol, all_protocol):
 # ---------------------------------------------------------------------------------------------------------
 # CKF
 def _ckf_rows(name, result, settings, source):
+    """Rows of one CKF result: pure CKF (its ``task:metric`` keys, with warm/cold groups), and, for the main CKF
+    run, its fused row (``[fusion]``: ``score_fusion: backbone``) and its own frozen backbone's ranking of the
+    same lists (``[backbone]``), each labelled as such."""
     rows = []
     test = result.get("test_result", result)
+    extra = {"fusion": f"{name} + backbone fusion (score_fusion: backbone)",
+             "backbone": f"{name}'s own frozen backbone ({settings.get('backbone', 'LightGCN')}, e_u.e_v)"}
     for task in METRICS:
         values = {k.split(":", 1)[1]: _plain(v) for k, v in test.items()
                   if k.startswith(f"{task}:") and "[" not in k}
@@ -277,6 +282,15 @@ def _ckf_rows(name, result, settings, source):
                           if k.startswith(f"{task}:") and k.endswith(f"[{g}]")} for g in ("warm", "cold")}
             rows.append({"model": name, "task": task, "kind": "ckf", "ckf_users": values, "all_users": {},
                          "recbole_standard": {}, "groups": groups, "settings": dict(settings, source=source)})
+        if name != "CKF":
+            continue
+        for group, label in extra.items():
+            values = {k.split(":", 1)[1][:-len(group) - 2]: _plain(v) for k, v in test.items()
+                      if k.startswith(f"{task}:") and k.endswith(f"[{group}]")}
+            if values:
+                rows.append({"model": label, "task": task, "kind": "ckf_" + group, "ckf_users": values,
+                             "all_users": {}, "recbole_standard": {}, "groups": {},
+                             "settings": dict(settings, source=source)})
     return rows
 
 
@@ -465,7 +479,11 @@ def main(argv=None):
             old_path = os.path.join(RESULTS, f"comparison_{dataset}.json")
             if args.skip_baselines:
                 old = json.load(open(old_path))
-                rows = [r for r in old["rows"] if r["kind"] != "ckf"]
+                rows = [r for r in old["rows"] if not r["kind"].startswith("ckf")]
+                if protocol.eval_users is None:  # CKF tested on every test user: compare with the all-user numbers
+                    for r in rows:
+                        if r.get("all_users"):
+                            r["ckf_users"] = dict(r["all_users"])
                 if "sequential" in tasks and not any(r["model"] == "random ranking (expected)" for r in rows):
                     rows.insert(0, random_ranking_row())
                 baseline_minutes = old.get("baseline_minutes")
@@ -509,7 +527,8 @@ def main(argv=None):
                         if str(got) != str(want):
                             log(f"warning: {src}: CKF was tested with {key}={got}, the baselines with {want}: "
                                 f"not the same test users")
-                    rows = [r for r in rows if r["model"] != name]  # the latest source wins
+                    rows = [r for r in rows if r["model"] != name and not r["model"].startswith(name + " ")
+                            and not r["model"].startswith(name + "'s ")]  # the latest source wins
                     full = os.path.abspath(os.path.join(here, src))
                     shown = os.path.relpath(full, REPO) if full.startswith(REPO + os.sep) else full
                     rows += _ckf_rows(name, result, settings, shown)

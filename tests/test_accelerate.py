@@ -96,7 +96,8 @@ def test_two_process_cpu_run(tmp_path):
     assert all(len(a[2]) == len(b[2]) == 2 for a, b in zip(first["steps"], second["steps"]))
     assert any(a[2] != b[2] for a, b in zip(first["steps"], second["steps"]))
     assert torch.equal(first["user"], second["user"]) and torch.equal(first["item"], second["item"])
-    assert first["lora"].keys() == second["lora"].keys() and len(first["lora"]) == 140
+    # 5 adapters x (A, B) x 4 attention projections (lora_target_modules) x 2 layers of the tiny LM
+    assert first["lora"].keys() == second["lora"].keys() and len(first["lora"]) == 80
     for name in first["lora"]:  # every adapter, shared and per task: the gradients were all-reduced
         assert torch.equal(first["lora"][name], second["lora"][name]), name
     for name in first["bridge"]:

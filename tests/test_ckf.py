@@ -102,7 +102,7 @@ def test_exactly_lora_and_bridge_require_gradients(setup):
     model = setup["model"]
     lora = dict(named_lora_parameters(model.llm))
     assert {_adapter_of(n) for n in lora} == {SHARED} | {task_adapter(t) for t in TASKS}
-    assert len(lora) == 5 * 2 * 7 * 2  # adapters x (A, B) x target modules x layers of the tiny LM
+    assert len(lora) == 5 * 2 * len(setup["config"]["lora_target_modules"]) * 2  # adapters x (A, B) x targets x layers
     lora_ids = {id(p) for p in lora.values()}
     bridge_ids = {id(p) for p in model.bridge.parameters()}
     assert bridge_ids and not lora_ids & bridge_ids

@@ -36,7 +36,8 @@ def setup(tmp_path_factory):
         mp.chdir(tmp_path_factory.mktemp("task_eval"))
         config = Config("CKF", "amazon-instruments", config_dict={
             "llm": "tiny", "show_progress": False, "valid_users": 20, "state": "WARNING",
-            "eval_batch_size": 8, "explanation_max_tokens": 6, "cold_user_threshold": COLD, "precision": "fp32"})
+            "eval_batch_size": 8, "explanation_max_tokens": 6, "cold_user_threshold": COLD, "precision": "fp32",
+            "sequential_answer": "label"})
         dataset, train_data, valid_data, test_data = load_data(config)
         init_seed(config["seed"], True)
         model = config.model_class(config, train_data.dataset)

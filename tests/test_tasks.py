@@ -41,7 +41,8 @@ def _build(name, tmp):
         mp.setattr(sys, "argv", ["pytest"])
         mp.chdir(tmp)
         config = Config("CKF", name, config_dict=small_config(
-            llm="tiny", llm_cache_dir=str(tmp / "cache"), train_batch_size=4, epochs=1, train_samples_per_task=8))
+            llm="tiny", llm_cache_dir=str(tmp / "cache"), train_batch_size=4, epochs=1, train_samples_per_task=8,
+            sequential_answer="label"))
         dataset, train_data, valid_data, test_data = load_data(config)
         init_seed(config["seed"], True)
         from recbole_ckf.model import ckf
