@@ -45,6 +45,8 @@ the model does not have (the explanation on ml-100k) leaves its column empty.
 import difflib
 import math
 import os
+import sys
+import time
 
 from recbole_ckf.errors import CKFError
 
@@ -423,7 +425,11 @@ def run_cli(users, topk=10, output=None, config_file_list=None, cmd_args=None, m
         if dataset != trained_on:
             raise CKFError(f"checkpoint '{checkpoint}' was trained on data set '{trained_on}', not '{dataset}' "
                            f"(--dataset can be left out: the checkpoint names its data set)")
+    start = time.perf_counter()
     rec = Recommender(checkpoint, config_file_list, cmd_args=cmd_args, users=users)
+    loaded = time.perf_counter()
     rows = rec.recommend(users, topk)
     print_recommendations(rows, output, rec.last_settings)
+    print(f"recommended for {len(users)} user(s) in {time.perf_counter() - loaded:.1f} s after loading the model "
+          f"and data in {loaded - start:.1f} s", file=sys.stderr)
     return rows

@@ -172,7 +172,7 @@ def test_bridge_tokens_sit_exactly_at_every_samples_slots(setup, task):
         h_u = model.bridge.user_tokens(model.user_table[batch["users"]], model.item_table[batch["history"]],
                                        batch["history_mask"])
         h_v = model.bridge.item_tokens(model.item_table[batch["slot_items"]])
-    assert len({len(e.history) for e in enc}) > 1  # histories of different lengths in one batch
+    assert len({len(e.pool) for e in enc}) > 1  # pooled histories of different lengths in one batch
     assert not torch.allclose(h_u[0], h_u[-1])  # personalised: samples get different user tokens
     user_pos = ids == model.user_token_id
     item_pos = ids == model.item_token_id

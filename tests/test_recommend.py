@@ -110,12 +110,14 @@ def test_backbone_stage_is_the_top_n_of_eu_ev(run):
     assert all(r["ckf_score"] is None and r["rating"] is not None and r["p_like"] is not None for r in rows)
 
 
-def test_fusion_mode_blends_with_weight_one_half(run):
+def test_fusion_mode_uses_the_weight_fitted_on_validation(run):
+    """The run's evaluation fitted the blend on validation and stored it in the checkpoint's meta.json."""
     rec = run["rec"]
     rows = rec.recommend(USERS[:1], topk=TOPK, rerank="fusion")
     fused = [r["fused_score"] for r in rows]
     assert fused == sorted(fused, reverse=True) and all(r["ckf_score"] is not None for r in rows)
-    assert rec.last_settings["fusion_weight"] == 0.5
+    fitted = rec.meta["adjust"]["sequential"]["backbone_weight"]
+    assert 0.0 <= fitted <= 1.0 and rec.last_settings["fusion_weight"] == fitted
     with pytest.raises(CKFError, match="recommend_rerank"):
         rec.recommend(USERS[:1], rerank="best")
     with pytest.raises(CKFError, match="unknown user 'nobody' in data set 'amazon-instruments'; closest known"):

@@ -224,7 +224,7 @@ MISTAKES = [
      "error: valid_metric 'ndcg@3' is not a metric CKF reports with tasks ctr, rating (CKF evaluates its own task "
      "metrics and ignores metrics/topk; it reports ctr:auc, ctr:logloss, rating:rmse, rating:mae): set "
      "--valid_metric=ctr:auc"),
-    ("CKF", {"eval_args": "{'mode': 'uni19'}"},
+    ("CKF", {"eval_args": "{'mode': 'uni19'}", "sequential_answer": "label"},
      "error: eval_args mode 'uni19' gives CKF's sequential task 20 candidates per list, but n_candidates is 10 "
      "(sequential_answer 'label' letters at most n_candidates candidates): use mode 'uni9', raise --n_candidates "
      "(at most 26) or set --sequential_answer=title"),
