@@ -13,19 +13,13 @@ import sys
 from logging import getLogger
 
 from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_trainer, init_logger, init_seed, set_color
+from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_ckf.config import Config
 from recbole_ckf.data.atomic import validate_atomic_files
 from recbole_ckf.errors import CKFError
+from recbole_ckf.registry import get_trainer
 from recbole_ckf.utils import atomic_write_json, atomic_write_text
-
-
-def _trainer_class(config):
-    factory = getattr(config.model_class, "trainer_class", None)  # plugin models name their own trainer
-    if factory is not None:
-        return factory()
-    return get_trainer(config["MODEL_TYPE"], config["model"])
 
 
 _RUN_HANDLERS = []  # the root logger's handlers that RecBole's init_logger installed for the previous run
@@ -137,7 +131,7 @@ def run_recbole_ckf(model=None, dataset=None, config_file_list=None, config_dict
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = config.model_class(config, train_data._dataset).to(config["device"])
     logger.info(model)
-    trainer = _trainer_class(config)(config, model)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
 
     if config["eval_only"]:
         # evaluate a saved model without training it (CKF: --checkpoint=DIR --eval_only)

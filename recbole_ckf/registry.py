@@ -1,7 +1,9 @@
-"""Model lookup: the plugin's models first, then RecBole's (as RecBole-GNN does).
+"""Model and trainer lookup: the plugin's first, then RecBole's (as RecBole-GNN does).
 
 RecBole's own ``get_model`` knows only ``recbole.model.*``: ``get_model('CKF')`` fails there with a
-misleading error, so every entry point of the plugin looks models up here.
+misleading error, so every entry point of the plugin looks models up here. Trainers are named by string too
+(:data:`PLUGIN_TRAINERS`) and imported only when asked for: a model module never imports its trainer
+(the layering is trainer -> model, never model -> trainer).
 """
 
 import difflib
@@ -13,6 +15,8 @@ from recbole_ckf.errors import CKFError
 
 # plugin models: name -> "module:Class" (imported lazily: the LLM stack is heavy)
 PLUGIN_MODELS = {"CKF": "recbole_ckf.model.ckf:CKF"}
+# plugin trainers: model name -> "module.Class" (RecBole's trainers for every other model)
+PLUGIN_TRAINERS = {"CKF": "recbole_ckf.trainer.trainer.CKFTrainer"}
 
 _RECBOLE_SUBMODULES = (
     "general_recommender",
@@ -76,3 +80,19 @@ def get_model(name):
         hint = f"; closest known: {', '.join(names)}" if names else "; see RecBole's model list or use CKF"
         raise CKFError(f"unknown model '{name}'{hint}")
     return model_class
+
+
+def _import_path(path):
+    """``"package.module.Class"`` (or ``"package.module:Class"``) -> the class."""
+    module_path, _, cls = path.replace(":", ".").rpartition(".")
+    return getattr(importlib.import_module(module_path), cls)
+
+
+def get_trainer(model_type, model_name):
+    """The trainer class of ``model_name``: the plugin's (:data:`PLUGIN_TRAINERS`), else RecBole's own
+    ``recbole.utils.get_trainer(model_type, model_name)``."""
+    if model_name in PLUGIN_TRAINERS:
+        return _import_path(PLUGIN_TRAINERS[model_name])
+    from recbole.utils import get_trainer as recbole_get_trainer
+
+    return recbole_get_trainer(model_type, model_name)

@@ -33,12 +33,6 @@ class CKF(GeneralRecommender):
     input_type = InputType.PAIRWISE
     type = ModelType.GENERAL
 
-    @classmethod
-    def trainer_class(cls):
-        from recbole_ckf.trainer.trainer import CKFTrainer
-
-        return CKFTrainer
-
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.config = config
