@@ -1,0 +1,101 @@
+"""Where does CKF cross its backbone with more training budget? Trains CKF (Gemma-3-270M) once per budget point
+(``train_samples_per_task`` 48 -> 192 -> 768 ..., one epoch each, everything else the data set's defaults) and
+records the validation metrics the trainer reports (ctr AUC, sequential NDCG@3 and the backbone's NDCG@3 on the
+same lists, rating RMSE) and the wall clock of each point (its log has the training tokens/s).
+
+    python benchmarks/learning_curve.py --dataset amazon-instruments --points 48,192,768 --threads 1
+
+Writes ``benchmarks/results/learning_curve_<dataset>.json`` after every point (a stopped run keeps what it has)
+and ``learning_curve_<dataset>.png``. Validation users only (``valid_users``, the same users at every point);
+the test split is evaluated on a handful of users only because a run always ends with a test (not reported).
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+from common import RESULTS, machine_info  # noqa: E402  (puts the repository on sys.path)
+
+import torch  # noqa: E402
+
+from recbole_ckf.utils import atomic_write_json  # noqa: E402
+
+METRICS = [("sequential:ndcg@3", "sequential:ndcg@3[backbone]", "NDCG@3 (sequential)"),
+           ("ctr:auc", None, "AUC (ctr)"),
+           ("rating:rmse", None, "RMSE (rating)")]
+
+
+def run_point(dataset, samples, epochs, llm, work):
+    from recbole_ckf.quick_start import run_recbole_ckf
+
+    overrides = {"llm": llm, "train_samples_per_task": samples, "epochs": epochs, "eval_step": epochs, "eval_users": 16,
+                 "show_progress": False, "checkpoint_dir": os.path.join(work, "saved")}
+    start = time.perf_counter()
+    result = run_recbole_ckf("CKF", dataset, config_dict=overrides)
+    return {"train_samples_per_task": samples, "epochs": epochs, "seconds": round(time.perf_counter() - start, 1),
+            "valid": {k: float(v) for k, v in result["best_valid_result"].items()}}
+
+
+def plot(store, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = store["points"]
+    xs = [p["train_samples_per_task"] for p in points]
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.4))
+    for ax, (key, ref, title) in zip(axes, METRICS):
+        ax.plot(xs, [p["valid"].get(key) for p in points], "o-", label="CKF")
+        if ref:
+            ax.plot(xs, [p["valid"].get(ref) for p in points], "s--", label="backbone, same lists")
+        for name, value in store.get("references", {}).get(key, {}).items():
+            ax.axhline(value, ls=":", color="grey")
+            ax.annotate(name, (xs[0], value), fontsize=7, color="grey")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlabel("training samples per task (1 epoch)")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"CKF validation metrics vs budget: {store['dataset']}, {store['llm']}, "
+                 f"{store['machine'].get('torch_threads')} torch threads", fontsize=9)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="amazon-instruments")
+    p.add_argument("--points", default="48,192,768", help="train_samples_per_task values")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--llm", default="gemma-3-270m", help="tiny: a smoke test of this script, not a result")
+    args = p.parse_args(argv)
+    command = "python benchmarks/learning_curve.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    torch.set_num_threads(args.threads)
+    sys.argv = sys.argv[:1]  # the run's Config reads --key=value from sys.argv
+    info = machine_info()
+    info["torch_threads"] = args.threads
+    path = os.path.join(RESULTS, f"learning_curve_{args.dataset}.json")
+    if args.llm != "gemma-3-270m":
+        path = os.path.join(tempfile.gettempdir(), f"learning_curve_{args.dataset}_{args.llm}.json")
+    store = {"dataset": args.dataset, "llm": args.llm, "machine": info, "command": command, "points": []}
+    work = tempfile.mkdtemp(prefix="recbole_ckf_curve_")
+    try:
+        for samples in (int(x) for x in args.points.split(",")):
+            store["points"].append(run_point(args.dataset, samples, args.epochs, args.llm, work))
+            atomic_write_json(path, store)
+            plot(store, path[:-5] + ".png")
+            print(f"{samples} samples per task: {store['points'][-1]}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
