@@ -63,7 +63,7 @@ def markdown(report):
              "* Same interactions: every baseline loads its data as CKF does (`normalize_all: "
              f"{report['protocol'].get('normalize_all')}`; RecBole sorts the split by the float32 time field, so "
              "normalising it changes which same-minute interaction is last) and is refused unless its test "
-             "interactions are CKF's (`same_lists.check_same_split`).",
+             "interactions are CKF's (`recbole_ckf.evaluator.protocol.check_same_split`).",
              f"* Machine: {report['machine']['cpu_count']} CPUs ({report['machine']['processor']}), torch "
              f"{report['machine']['torch']}, CUDA {report['machine']['cuda']}. Baselines part: "
              f"{report['baseline_minutes']} min.", ""]

@@ -15,7 +15,7 @@ Protocol (identical for every model; see benchmarks/README.md):
 * RecBole's split of the plugin (``properties/overall.yaml``): leave-one-out by time, seed 2020.
 * Ranking (sequential task): every model ranks CKF's lists ``candidate_lists(test_data, seed)`` (RecBole's uni9,
   1 true + 9 negatives) of CKF's test users ``sample_users(test users, eval_users, seed)``
-  (:mod:`same_lists`): Hit@1, Hit@3, NDCG@3, MRR. Also reported: the same lists over all test users, and
+  (:mod:`recbole_ckf.evaluator.protocol`): Hit@1, Hit@3, NDCG@3, MRR. Also reported: the same lists over all test users, and
   RecBole's own standard test result (its own uni9 draw, all users; for sequential models RecBole's negatives
   exclude only the target item).
 * ctr: labeled context models (rating >= 4), AUC and LogLoss on every test interaction of CKF's test users
@@ -62,8 +62,9 @@ from recbole_ckf.config import Config  # noqa: E402
 from recbole_ckf.quick_start import load_data  # noqa: E402
 from recbole_ckf.utils import atomic_write_json, atomic_write_text  # noqa: E402
 from report import HEADLINE, METRICS, markdown, plot  # noqa: E402
-from same_lists import (check_same_split, ckf_protocol, evaluate_pointwise_on_users,  # noqa: E402
-                        evaluate_ranking_on_lists, explanation_floors, split_overrides, training_mean_rating)
+from recbole_ckf.evaluator.protocol import (check_same_split, ckf_protocol,  # noqa: E402
+                                            evaluate_pointwise_on_users, evaluate_ranking_on_lists,
+                                            explanation_floors, split_overrides, task_samples, training_mean_rating)
 
 DATASETS = {"ml-100k": ["ctr", "sequential", "rating"],
             "amazon-instruments": ["ctr", "sequential", "rating", "explanation"]}
@@ -378,11 +379,9 @@ def machine_info():
 
 
 def ctr_label_counts(protocol, all_protocol):
-    from same_lists import _test_samples
-
     out = {}
     for key, p in (("ckf_users", protocol), ("all_users", all_protocol)):
-        labels = [s.label for s in _test_samples(p, "ctr", p.users)]
+        labels = [s.label for s in task_samples(p, "ctr", p.users)]
         out[key] = [int(sum(labels)), int(len(labels) - sum(labels))]
     return out
 

@@ -1,4 +1,5 @@
-"""Baselines evaluated on exactly what CKF is evaluated on: the same test users and the same candidate lists.
+"""The evaluation protocol the README's comparisons rest on: baselines evaluated on exactly what CKF is evaluated
+on, the same split, the same test users and the same candidate lists.
 
 CKF's trainer evaluates the test split like this (``CKFTrainer.eval_samples``):
 
@@ -19,7 +20,7 @@ internal ids are. Then:
   ``[users, items]`` matrix that is ``-inf`` outside the candidates, exactly as RecBole's
   ``Trainer._neg_sample_batch_eval`` does, and hands it to RecBole's ``Collector`` and ``Evaluator`` with the
   model's own config. With ``eval_users: None`` and the lists RecBole itself draws after ``np.random.seed(seed)``,
-  this gives RecBole's own ``trainer.evaluate`` numbers (``benchmarks/test_same_lists.py``);
+  this gives RecBole's own ``trainer.evaluate`` numbers (``tests/test_protocol.py``);
 * :func:`evaluate_pointwise_on_users` scores the test interactions of the chosen users with a context model
   (labeled ctr, or the rating as label) through the same Collector/Evaluator;
 * :func:`training_mean_rating` and :func:`explanation_floors` are the non-learned floors, scored with RecBole's
@@ -39,11 +40,10 @@ from recbole.utils import ModelType, init_seed
 import recbole_ckf  # noqa: F401  (compatibility fixes before recbole is used)
 import recbole_ckf.evaluator  # noqa: F401  (registers the text metrics)
 from recbole_ckf.config import Config
-from recbole_ckf.data.tasks import TaskBuilder, candidate_lists, user_sequences
+from recbole_ckf.data.tasks import TaskBuilder, candidate_lists, sample_users, user_sequences
 from recbole_ckf.evaluator.task_eval import TASK_METRICS, metric_config
 from recbole_ckf.evaluator.text_metrics import PRED_KEY, REF_KEY
 from recbole_ckf.quick_start import load_data
-from recbole_ckf.data.tasks import sample_users
 
 PREDICT_CHUNK = 8192  # (user, candidate) pairs per predict call
 
@@ -231,7 +231,8 @@ def evaluate_pointwise_on_users(model, config, test_data, protocol, users="proto
 # ---------------------------------------------------------------------------------------------------------
 # floors (no model)
 
-def _test_samples(protocol, task, users):
+def task_samples(protocol, task, users):
+    """CKF's test samples of ``task`` for ``users`` (no candidate lists: the pointwise tasks)."""
     builder = TaskBuilder(protocol.config, protocol.dataset, protocol.train_data.dataset, [task], item_texts=None)
     return builder.eval_samples(protocol.test_data.dataset, None, users)[task]
 
@@ -249,7 +250,7 @@ def training_mean_rating(protocol, users=None):
     users = protocol.users if users is None else users
     train = protocol.train_data.dataset.inter_feat[protocol.config["RATING_FIELD"]].numpy().astype(np.float64)
     mean = float(train.mean())
-    samples = _test_samples(protocol, "rating", users)
+    samples = task_samples(protocol, "rating", users)
     labels = torch.tensor([s.label for s in samples], dtype=torch.float)
     result = _value_result(protocol.config, TASK_METRICS["rating"], torch.full_like(labels, mean), labels)
     return result, mean
@@ -277,7 +278,7 @@ def explanation_floors(protocol, users=None):
     ``item``: the item's most frequent training headline (the global one where the item has none);
     ``global``: the global most frequent training headline. Returns ``{name: result}`` and notes."""
     users = protocol.users if users is None else users
-    samples = _test_samples(protocol, "explanation", users)
+    samples = task_samples(protocol, "explanation", users)
     per_item, top = headline_floors(protocol)
     refs = [s.answer for s in samples]
     preds = {"item": [per_item.get(s.item, top) for s in samples], "global": [top] * len(samples)}
