@@ -40,24 +40,24 @@ explanation (greedy decoding of the explanation task's headline). Where the chec
 calibration fitted on validation (``adjust.ctr.platt``, ``adjust.rating.linear``), it is applied; otherwise the
 raw outputs are shown (CKF trains ctr on class-balanced batches: a raw P(like) is not a calibrated rate). A task
 the model does not have (the explanation on ml-100k) leaves its column empty.
+
+Batching: each LM stage (the listwise prompts, the top-k's rating and P(like) prompts, their explanations) runs
+for ALL the given users at once, in length-sorted batches of ``eval_batch_size`` prompts; ``recommend(...,
+batched=False)`` runs one user at a time (the reference: same output up to float rounding). Table, files and the
+CLI: :mod:`recbole_ckf.recommend_output`.
 """
 
 import difflib
 import math
 import os
-import sys
-import time
 
 from recbole_ckf.errors import CKFError
+from recbole_ckf.recommend_output import COLUMNS, OUTPUT_SUFFIXES, check_output, format_table, \
+    print_recommendations, run_cli, write_recommendations  # noqa: F401  (the output side, re-exported)
 
 RERANK_MODES = ("ckf", "fusion", "backbone")
 DEFAULT_RETRIEVE = 20
 DEFAULT_FUSION_WEIGHT = 0.5
-#: output columns: (row key, header)
-COLUMNS = (("user", "user"), ("rank", "rank"), ("item", "item"), ("item_text", "item text"),
-           ("backbone_score", "backbone score"), ("ckf_score", "CKF score"), ("fused_score", "fused score"),
-           ("rating", "rating"), ("p_like", "P(like)"), ("explanation", "explanation"))
-OUTPUT_SUFFIXES = (".json", ".md")
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------
@@ -83,14 +83,6 @@ def parse_users(users):
     if not out:
         raise CKFError("recommend: no user given (expected --users=ID[,ID...], the data set's original user ids)")
     return out
-
-
-def check_output(path):
-    if path is None:
-        return None
-    if os.path.splitext(str(path))[1].lower() not in OUTPUT_SUFFIXES:
-        raise CKFError(f"output: '{path}' should end with .json or .md")
-    return str(path)
 
 
 def _int(value, key, minimum):
@@ -134,7 +126,7 @@ class Recommender:
     """A CKF checkpoint loaded with its data set, ready to recommend (load once, call :meth:`recommend` often).
 
     ``config_dict`` / ``cmd_args`` override the checkpoint's config (e.g. ``data_path``, ``device``,
-    ``recommend_retrieve``, ``recommend_rerank``, ``explanation_max_tokens``)."""
+    ``recommend_retrieve``, ``recommend_rerank``, ``explanation_max_tokens``, ``eval_batch_size``)."""
 
     def __init__(self, checkpoint, config_file_list=None, config_dict=None, cmd_args=None, users=None):
         from recbole.utils import init_seed
@@ -163,10 +155,12 @@ class Recommender:
         # which the test prompts see them)
         self.sequences = {}
         for split in (train_data.dataset, valid_data.dataset, test_data.dataset):
-            for u, seq in user_sequences(config, self.dataset, split).items():
+            split_sequences = user_sequences(config, self.dataset, split)
+            for u, seq in split_sequences.items():
                 own = self.sequences.setdefault(u, ([], []))
                 own[0].extend(seq[0])
                 own[1].extend(seq[1])
+        self.test_users = sorted(split_sequences)  # RecBole ids of the users with a test interaction
         init_seed(config["seed"], config["reproducibility"])
         self.model = config.model_class(config, train_data.dataset)
         load_checkpoint(self.model, self.path)
@@ -176,7 +170,7 @@ class Recommender:
         self.autocast = resolve_mixed_precision(config["mixed_precision"], cuda=config["device"].type == "cuda") == "bf16"
         self.batch_size = int(config["eval_batch_size"] or 16)
 
-    # ---- pieces -----------------------------------------------------------------------------------------
+    # ---- pieces: each takes many (user, ...) at once; the LM runs them in batches of ``batch_size`` ------------
     def interacted(self, user):
         """Every item ``user`` interacted with in the data (all splits)."""
         return set(self.sequences.get(user, ([], []))[0])
@@ -207,39 +201,71 @@ class Recommender:
         return Sample(task, user, item, list(history), hist_ratings, candidates=list(candidates), label=0.0,
                       answer="", pool=items[max(0, len(items) - pooled):])
 
-    def ckf_scores(self, user, items):
-        """Stage 2 (``ckf``): CKF's listwise score of each of ``items`` (see the module docstring: stratified
-        lists of at most ``n_candidates`` items; log-softmax over the list's letters + log(list size))."""
+    def _lists(self, user, items):
+        """The stratified candidate lists of ``user``'s retrieved ``items`` (list j: ranks j, j+m, ...), each in
+        a seeded order per user and list, as the evaluation's lists."""
         import numpy as np
 
         from recbole_ckf.data.templates import LABELS
-        from recbole_ckf.evaluator.candidate_scoring import score_candidates
+
+        width = max(1, min(int(self.config["n_candidates"]), len(LABELS)))
+        m = math.ceil(len(items) / width)
+        lists = [items[j::m] for j in range(m)]
+        for j, lst in enumerate(lists):
+            order = np.random.default_rng([int(self.config["seed"]), int(user), j]).permutation(len(lst))
+            lists[j] = [lst[k] for k in order]
+        return lists
+
+    def _title_scores(self, samples):
+        """:func:`score_candidates` of ``samples``, fed in order of their packed row length (so a batch of many
+        users holds rows of similar length) and returned in the given order."""
+        from recbole_ckf.evaluator.candidate_scoring import encode_candidates, score_candidates
+
+        slotted = bool(self.model.use_cf)
+        if len(samples) > 1:
+            packed = [len(p.input_ids) + sum(len(a) - 1 for a in {tuple(a) for a in answers})
+                      for p, answers in encode_candidates(self.encoder, samples, slotted)]
+            order = sorted(range(len(samples)), key=lambda k: packed[k])
+        else:
+            order = list(range(len(samples)))
+        rows = score_candidates(self.model, self.encoder, [samples[k] for k in order], slotted, self.batch_size,
+                                self.config["sequential_score"] or "mean", self.autocast)
+        out = [None] * len(samples)
+        for k, row in zip(order, rows):
+            out[k] = row
+        return out
+
+    def ckf_scores_many(self, requests):
+        """Stage 2 (``ckf``) for ``requests = [(user, items), ...]``: per request, CKF's listwise score of each
+        of ``items`` (see the module docstring). All requests' prompts go through the LM together."""
         from recbole_ckf.evaluator.inference import predict_answer_logits
 
         model = self.model
-        width = max(1, min(int(self.config["n_candidates"]), len(LABELS)))
-        m = math.ceil(len(items) / width)
-        lists = [items[j::m] for j in range(m)]  # stratified by backbone rank: list j holds ranks j, j+m, ...
-        for j, lst in enumerate(lists):  # a seeded order per user and list, as the evaluation's lists
-            order = np.random.default_rng([int(self.config["seed"]), int(user), j]).permutation(len(lst))
-            lists[j] = [lst[k] for k in order]
-        samples = [self._sample("sequential", user, lst[0], lst) for lst in lists]
-        slotted = bool(model.use_cf)
+        samples, owner = [], []
+        for r, (user, items) in enumerate(requests):
+            for lst in self._lists(user, list(items)):
+                samples.append(self._sample("sequential", user, lst[0], lst))
+                owner.append(r)
+        if not samples:
+            return [[] for _ in requests]
         if "sequential" in model.answer_ids:
-            logits = predict_answer_logits(model, self.encoder, samples, slotted, self.batch_size, self.autocast)
+            logits = predict_answer_logits(model, self.encoder, samples, bool(model.use_cf), self.batch_size,
+                                           self.autocast)
             rows = [row[: len(s.candidates)].double().log_softmax(-1) + math.log(len(s.candidates))
                     for row, s in zip(logits, samples)]
         else:  # sequential_answer: title: mean log-probability of each item's text
-            rows = score_candidates(model, self.encoder, samples, slotted, self.batch_size,
-                                    self.config["sequential_score"] or "mean", self.autocast)
-        scores = {}
-        for s, row in zip(samples, rows):
+            rows = self._title_scores(samples)
+        scores = [{} for _ in requests]
+        for r, s, row in zip(owner, samples, rows):
             for item, value in zip(s.candidates, row.tolist()):
-                scores[item] = float(value)
-        return [scores[i] for i in items]
+                scores[r][item] = float(value)
+        return [[scores[r][i] for i in items] for r, (_, items) in enumerate(requests)]
 
-    def point_predictions(self, user, items):
-        """``(ratings, p_likes)`` of ``items`` (None for a task the model does not have)."""
+    def ckf_scores(self, user, items):  # one user's :meth:`ckf_scores_many`
+        return self.ckf_scores_many([(user, items)])[0]
+
+    def point_predictions(self, pairs):
+        """``(ratings, p_likes)`` of ``pairs = [(user, item), ...]`` (None for a task the model does not have)."""
         import torch
 
         from recbole_ckf.evaluator.calibration import apply_linear, apply_platt
@@ -247,14 +273,14 @@ class Recommender:
 
         model = self.model
         adjust = self.meta.get("adjust") or {}
-        slotted = bool(model.use_cf)
         out = {}
         for task in ("rating", "ctr"):
-            if task not in model.tasks or not items:
-                out[task] = [None] * len(items)
+            if task not in model.tasks or not pairs:
+                out[task] = [None] * len(pairs)
                 continue
-            samples = [self._sample(task, user, i) for i in items]
-            logits = predict_answer_logits(model, self.encoder, samples, slotted, self.batch_size, self.autocast)
+            samples = [self._sample(task, u, i) for u, i in pairs]
+            logits = predict_answer_logits(model, self.encoder, samples, bool(model.use_cf), self.batch_size,
+                                           self.autocast)
             if task == "ctr":
                 logit = logits[:, 0] - logits[:, 1]
                 platt = (adjust.get("ctr") or {}).get("platt")
@@ -267,13 +293,14 @@ class Recommender:
             out[task] = [float(v) for v in values.tolist()]
         return out["rating"], out["ctr"]
 
-    def explanations(self, user, items):
+    def explanations(self, pairs):
+        """The one-line explanation of each of ``pairs = [(user, item), ...]`` (None without the task)."""
         from recbole_ckf.evaluator.generation import generate_explanations
 
         model = self.model
-        if "explanation" not in model.tasks or not items:
-            return [None] * len(items)
-        samples = [self._sample("explanation", user, i) for i in items]
+        if "explanation" not in model.tasks or not pairs:
+            return [None] * len(pairs)
+        samples = [self._sample("explanation", u, i) for u, i in pairs]
         return generate_explanations(model, self.encoder, samples, bool(model.use_cf), self.batch_size,
                                      autocast=self.autocast)
 
@@ -287,12 +314,10 @@ class Recommender:
         return w
 
     # ---- the whole thing ----------------------------------------------------------------------------------
-    def recommend(self, users, topk=10, retrieve=None, rerank=None):
-        """Rows (dicts, keys :data:`COLUMNS`) of the top ``topk`` items of each user in ``users``."""
-        import torch
-
-        from recbole_ckf.evaluator.fusion import blend_lists
-
+    def recommend(self, users, topk=10, retrieve=None, rerank=None, batched=True):
+        """Rows (dicts, keys :data:`COLUMNS`) of the top ``topk`` items of each user in ``users``. ``batched``:
+        each LM stage runs all users' prompts together (batches of ``eval_batch_size``); ``batched=False``: one
+        user at a time (the same numbers up to float rounding; the reference of the tests and benchmark)."""
         tokens = parse_users(users)
         ids = map_users(self.dataset, tokens)
         topk = _int(topk, "topk", 1)
@@ -303,36 +328,56 @@ class Recommender:
             raise CKFError(f"recommend_rerank: expected one of {', '.join(RERANK_MODES)}, got {mode!r}")
         w = self.fusion_weight() if mode == "fusion" else None
         has_sequential = "sequential" in self.model.tasks
-        item_tokens = self.dataset.field2id_token[self.dataset.iid_field]
+        used = mode if (has_sequential or mode == "backbone") else "backbone (the model has no sequential task)"
+        groups = [list(zip(tokens, ids))] if batched else [[pair] for pair in zip(tokens, ids)]
         rows = []
-        for token, user in zip(tokens, ids):
-            retrieved = self.retrieve(user, n)
-            items = [i for i, _ in retrieved]
-            backbone = [s for _, s in retrieved]
-            ckf = self.ckf_scores(user, items) if (mode != "backbone" and has_sequential and items) else None
-            used = mode if (has_sequential or mode == "backbone") else "backbone (the model has no sequential task)"
-            fused = None
-            if ckf is not None and mode == "fusion":
-                fused = blend_lists([torch.tensor(ckf)], [torch.tensor(backbone)], w)[0].tolist()
-            key = fused if fused is not None else (ckf if (ckf is not None and mode == "ckf") else None)
+        for group in groups:
+            rows += self._recommend_group(group, topk, n, mode if used == mode else "backbone", w)
+        self.last_settings = {"checkpoint": self.path, "dataset": self.config["dataset"], "llm": self.meta.get("llm"),
+                              "rerank": used, "retrieve": n, "topk": topk, "fusion_weight": w,
+                              "backbone": self.meta.get("config", {}).get("backbone"),
+                              "batch_size": self.batch_size, "batched": bool(batched)}
+        return rows
+
+    def _recommend_group(self, group, topk, n, mode, w):
+        """The rows of the users ``group = [(token, id), ...]``, every LM stage run once for the whole group."""
+        import torch
+
+        from recbole_ckf.evaluator.fusion import blend_lists
+
+        retrieved = [self.retrieve(user, n) for _, user in group]
+        items = [[i for i, _ in r] for r in retrieved]
+        backbone = [[s for _, s in r] for r in retrieved]
+        ckf = [None] * len(group)
+        if mode != "backbone":
+            todo = [g for g in range(len(group)) if items[g]]
+            for g, scores in zip(todo, self.ckf_scores_many([(group[g][1], items[g]) for g in todo])):
+                ckf[g] = scores
+        orders, fused = [], [None] * len(group)
+        for g in range(len(group)):
+            if ckf[g] is not None and mode == "fusion":
+                fused[g] = blend_lists([torch.tensor(ckf[g])], [torch.tensor(backbone[g])], w)[0].tolist()
+            key = fused[g] if fused[g] is not None else (ckf[g] if (ckf[g] is not None and mode == "ckf") else None)
             # backbone rank breaks ties (and is the order itself in mode backbone or without a sequential task)
-            order = sorted(range(len(items)), key=lambda k: (-key[k], k) if key is not None else k)[:topk]
-            top = [items[k] for k in order]
-            ratings, likes = self.point_predictions(user, top)
-            texts = self.explanations(user, top)
-            for rank, (k, item) in enumerate(zip(order, top), start=1):
+            orders.append(sorted(range(len(items[g])), key=lambda k: (-key[k], k) if key is not None else k)[:topk])
+        # rating, P(like) and the explanation only for the top-k shown
+        pairs = [(user, items[g][k]) for g, (_, user) in enumerate(group) for k in orders[g]]
+        ratings, likes = self.point_predictions(pairs)
+        texts = self.explanations(pairs)
+        item_tokens = self.dataset.field2id_token[self.dataset.iid_field]
+        rows, p = [], 0
+        for g, (token, user) in enumerate(group):
+            for rank, k in enumerate(orders[g], start=1):
+                item = items[g][k]
                 rows.append({
                     "user": token, "rank": rank, "item": str(item_tokens[item]),
                     "item_text": str(self.model.renderer.item_text(item, user)),
-                    "backbone_score": round(backbone[k], 6),
-                    "ckf_score": round(ckf[k], 6) if ckf is not None else None,
-                    "fused_score": round(fused[k], 6) if fused is not None else None,
-                    "rating": _round(ratings[rank - 1]), "p_like": _round(likes[rank - 1]),
-                    "explanation": texts[rank - 1],
+                    "backbone_score": round(backbone[g][k], 6),
+                    "ckf_score": round(ckf[g][k], 6) if ckf[g] is not None else None,
+                    "fused_score": round(fused[g][k], 6) if fused[g] is not None else None,
+                    "rating": _round(ratings[p]), "p_like": _round(likes[p]), "explanation": texts[p],
                 })
-        self.last_settings = {"checkpoint": self.path, "dataset": self.config["dataset"], "llm": self.meta.get("llm"),
-                              "rerank": used, "retrieve": n, "topk": topk, "fusion_weight": w,
-                              "backbone": self.meta.get("config", {}).get("backbone")}
+                p += 1
         return rows
 
 
@@ -350,86 +395,3 @@ def recommend(checkpoint, users, topk=10, retrieve=None, rerank=None, config_fil
     any split are never recommended. To recommend many times, build a :class:`Recommender` once."""
     return Recommender(checkpoint, config_file_list, config_dict, cmd_args, users=users).recommend(
         users, topk, retrieve, rerank)
-
-
-# ---- output -----------------------------------------------------------------------------------------------
-def _cell(value):
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _columns(rows):
-    """The columns to show: ``fused score`` only where some row has one."""
-    return [(k, h) for k, h in COLUMNS if k != "fused_score" or any(r.get(k) is not None for r in rows)]
-
-
-def format_table(rows):
-    """A markdown table of :func:`recommend` rows (what the CLI prints)."""
-    cols = _columns(rows)
-    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(k)) for k, _ in cols) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_recommendations(rows, path, settings=None):
-    """Write ``rows`` atomically to ``path``: ``.json`` (``{"settings": ..., "rows": [...]}``) or ``.md``
-    (a heading with the settings, then :func:`format_table`)."""
-    from recbole_ckf.utils import atomic_write_json, atomic_write_text
-
-    check_output(path)
-    settings = dict(settings or {})
-    try:
-        if str(path).lower().endswith(".json"):
-            atomic_write_json(path, {"settings": settings, "rows": rows})
-        else:
-            head = "# CKF recommendations\n\n" + "".join(f"* {k}: {v}\n" for k, v in settings.items())
-            atomic_write_text(path, head + "\n" + format_table(rows))
-    except OSError as err:
-        raise CKFError(f"output: cannot write '{path}': {err.strerror or err}") from None
-    return path
-
-
-def print_recommendations(rows, output=None, settings=None, file=None):
-    """Print the table; with ``output``, also write it (see :func:`write_recommendations`)."""
-    import sys
-
-    print(format_table(rows), end="", file=file or sys.stdout)
-    if output:
-        write_recommendations(rows, output, settings)
-        print(f"recommendations written to {output}", file=file or sys.stdout)
-
-
-def run_cli(users, topk=10, output=None, config_file_list=None, cmd_args=None, model=None, dataset=None):
-    """What ``run_recbole_ckf.py --recommend`` runs: ``cmd_args`` holds ``checkpoint`` and config overrides;
-    ``model`` / ``dataset``, if given, must be CKF and the checkpoint's data set."""
-    cmd_args = dict(cmd_args or {})
-    if model not in (None, "CKF"):
-        raise CKFError(f"recommend: only CKF checkpoints recommend (got --model={model})")
-    checkpoint = cmd_args.pop("checkpoint", None)
-    if not checkpoint:
-        raise CKFError("recommend needs --checkpoint=DIR (a CKF run folder saved/CKF-<dataset>-<time>, or its "
-                       "'best' checkpoint folder)")
-    for key in ("model", "eval_only", "resume"):
-        cmd_args.pop(key, None)
-    users = parse_users(users)
-    topk = _int(topk, "topk", 1)
-    check_output(output)
-    if dataset is not None:
-        from recbole_ckf.trainer.checkpoint import read_meta
-
-        trained_on = read_meta(checkpoint_folder(checkpoint)).get("dataset")
-        if dataset != trained_on:
-            raise CKFError(f"checkpoint '{checkpoint}' was trained on data set '{trained_on}', not '{dataset}' "
-                           f"(--dataset can be left out: the checkpoint names its data set)")
-    start = time.perf_counter()
-    rec = Recommender(checkpoint, config_file_list, cmd_args=cmd_args, users=users)
-    loaded = time.perf_counter()
-    rows = rec.recommend(users, topk)
-    print_recommendations(rows, output, rec.last_settings)
-    print(f"recommended for {len(users)} user(s) in {time.perf_counter() - loaded:.1f} s after loading the model "
-          f"and data in {loaded - start:.1f} s", file=sys.stderr)
-    return rows

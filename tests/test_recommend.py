@@ -4,7 +4,8 @@ One tiny CKF (``llm: tiny``, one epoch, tiny budgets) is trained on amazon-instr
 tests recommend for two users from its run folder: the rows and their columns, ranks 1..k, CKF scores in
 descending order (mode ckf), never an item the user already has (in any split), the backbone stage being exactly
 the top N of e_u . e_v, the fusion and backbone modes, the JSON / MD outputs written atomically, and the
-one-line error (exit status 2) of an unknown user id through the real command line.
+one-line error (exit status 2) of an unknown user id through the real command line, and the batched path (all
+users' prompts together) against one user at a time.
 """
 
 import glob
@@ -122,6 +123,32 @@ def test_fusion_mode_uses_the_weight_fitted_on_validation(run):
         rec.recommend(USERS[:1], rerank="best")
     with pytest.raises(CKFError, match="unknown user 'nobody' in data set 'amazon-instruments'; closest known"):
         rec.recommend(["nobody"])
+
+
+@pytest.mark.parametrize("rerank", ["ckf", "fusion"])
+def test_batched_equals_one_user_at_a_time(run, rerank):
+    """All users' prompts through the LM together (small batches, so a batch mixes users and lengths) give the
+    per-user path's rows: the same items in the same order, the same explanations, scores equal to float noise."""
+    rec = run["rec"]
+    tokens = rec.dataset.field2id_token[rec.dataset.uid_field]
+    users = (USERS + [str(tokens[u]) for u in rec.test_users[:6] if str(tokens[u]) not in USERS])[:5]
+    assert len(users) >= 4
+    size = rec.batch_size
+    try:
+        rec.batch_size = 3
+        batched = rec.recommend(users, topk=TOPK, rerank=rerank)
+        assert rec.last_settings["batched"] is True
+    finally:
+        rec.batch_size = size
+    single = rec.recommend(users, topk=TOPK, rerank=rerank, batched=False)
+    assert rec.last_settings["batched"] is False
+    assert [(r["user"], r["rank"], r["item"]) for r in batched] == [(r["user"], r["rank"], r["item"]) for r in single]
+    for b, s in zip(batched, single):
+        assert b["item_text"] == s["item_text"] and b["explanation"] == s["explanation"]
+        for key in ("backbone_score", "ckf_score", "fused_score", "rating", "p_like"):
+            assert (b[key] is None) == (s[key] is None), key
+            if b[key] is not None:
+                assert b[key] == pytest.approx(s[key], abs=2e-4), (key, b, s)
 
 
 def test_python_api_and_atomic_outputs(run, monkeypatch, tmp_path):
