@@ -41,10 +41,10 @@ calibration fitted on validation (``adjust.ctr.platt``, ``adjust.rating.linear``
 raw outputs are shown (CKF trains ctr on class-balanced batches: a raw P(like) is not a calibrated rate). A task
 the model does not have (the explanation on ml-100k) leaves its column empty.
 
-Batching: each LM stage (the listwise prompts, the top-k's rating and P(like) prompts, their explanations) runs
-for ALL the given users at once, in length-sorted batches of ``eval_batch_size`` prompts; ``recommend(...,
-batched=False)`` runs one user at a time (the reference: same output up to float rounding). Table, files and the
-CLI: :mod:`recbole_ckf.recommend_output`.
+Batching: each LM stage runs for ALL the given users at once: the listwise prompts in length-sorted batches of
+``eval_batch_size``; a user's top-k rating / P(like) / explanation prompts run their common prefix (the history)
+once (:mod:`recbole_ckf.recommend_shared`). ``recommend(..., batched=False)`` runs one user at a time without
+sharing (the reference: same output up to float rounding). Table, files, CLI: :mod:`recbole_ckf.recommend_output`.
 """
 
 import difflib
@@ -134,7 +134,7 @@ class Recommender:
         from recbole_ckf.config import Config
         from recbole_ckf.data.collate import Encoder
         from recbole_ckf.data.tasks import user_sequences
-        from recbole_ckf.quick_start import load_data
+        from recbole_ckf.data import load_data
         from recbole_ckf.trainer.checkpoint import load_checkpoint, read_meta
         from recbole_ckf.trainer.trainer import resolve_mixed_precision
 
@@ -169,6 +169,7 @@ class Recommender:
         self.encoder = Encoder(self.model.tokenizer, self.model.renderer, config["max_length"])
         self.autocast = resolve_mixed_precision(config["mixed_precision"], cuda=config["device"].type == "cuda") == "bf16"
         self.batch_size = int(config["eval_batch_size"] or 16)
+        self.share_prefix = True  # batched path: a user's top-k prompts of a task share their prefix
 
     # ---- pieces: each takes many (user, ...) at once; the LM runs them in batches of ``batch_size`` ------------
     def interacted(self, user):
@@ -264,13 +265,13 @@ class Recommender:
     def ckf_scores(self, user, items):  # one user's :meth:`ckf_scores_many`
         return self.ckf_scores_many([(user, items)])[0]
 
-    def point_predictions(self, pairs):
-        """``(ratings, p_likes)`` of ``pairs = [(user, item), ...]`` (None for a task the model does not have)."""
+    def point_predictions(self, pairs, shared=False):
+        """``(ratings, p_likes)`` of ``pairs = [(user, item), ...]`` (None for a task the model does not have).
+        ``shared``: a user's prompts run their common prefix once (:mod:`recbole_ckf.recommend_shared`)."""
         import torch
-
         from recbole_ckf.evaluator.calibration import apply_linear, apply_platt
         from recbole_ckf.evaluator.inference import predict_answer_logits
-
+        from recbole_ckf.recommend_shared import answer_logits_by_user
         model = self.model
         adjust = self.meta.get("adjust") or {}
         out = {}
@@ -279,8 +280,8 @@ class Recommender:
                 out[task] = [None] * len(pairs)
                 continue
             samples = [self._sample(task, u, i) for u, i in pairs]
-            logits = predict_answer_logits(model, self.encoder, samples, bool(model.use_cf), self.batch_size,
-                                           self.autocast)
+            logits = (answer_logits_by_user if shared else predict_answer_logits)(
+                model, self.encoder, samples, bool(model.use_cf), self.batch_size, self.autocast)
             if task == "ctr":
                 logit = logits[:, 0] - logits[:, 1]
                 platt = (adjust.get("ctr") or {}).get("platt")
@@ -293,16 +294,16 @@ class Recommender:
             out[task] = [float(v) for v in values.tolist()]
         return out["rating"], out["ctr"]
 
-    def explanations(self, pairs):
+    def explanations(self, pairs, shared=False):
         """The one-line explanation of each of ``pairs = [(user, item), ...]`` (None without the task)."""
         from recbole_ckf.evaluator.generation import generate_explanations
-
+        from recbole_ckf.recommend_shared import explanations_by_user
         model = self.model
         if "explanation" not in model.tasks or not pairs:
             return [None] * len(pairs)
         samples = [self._sample("explanation", u, i) for u, i in pairs]
-        return generate_explanations(model, self.encoder, samples, bool(model.use_cf), self.batch_size,
-                                     autocast=self.autocast)
+        return (explanations_by_user if shared else generate_explanations)(
+            model, self.encoder, samples, bool(model.use_cf), self.batch_size, autocast=self.autocast)
 
     def fusion_weight(self):
         given = _setting(self.config, "recommend_fusion_weight", None, None)
@@ -332,17 +333,17 @@ class Recommender:
         groups = [list(zip(tokens, ids))] if batched else [[pair] for pair in zip(tokens, ids)]
         rows = []
         for group in groups:
-            rows += self._recommend_group(group, topk, n, mode if used == mode else "backbone", w)
+            rows += self._recommend_group(group, topk, n, mode if used == mode else "backbone", w,
+                                          shared=batched and self.share_prefix)
         self.last_settings = {"checkpoint": self.path, "dataset": self.config["dataset"], "llm": self.meta.get("llm"),
                               "rerank": used, "retrieve": n, "topk": topk, "fusion_weight": w,
                               "backbone": self.meta.get("config", {}).get("backbone"),
                               "batch_size": self.batch_size, "batched": bool(batched)}
         return rows
 
-    def _recommend_group(self, group, topk, n, mode, w):
+    def _recommend_group(self, group, topk, n, mode, w, shared):
         """The rows of the users ``group = [(token, id), ...]``, every LM stage run once for the whole group."""
         import torch
-
         from recbole_ckf.evaluator.fusion import blend_lists
 
         retrieved = [self.retrieve(user, n) for _, user in group]
@@ -362,8 +363,8 @@ class Recommender:
             orders.append(sorted(range(len(items[g])), key=lambda k: (-key[k], k) if key is not None else k)[:topk])
         # rating, P(like) and the explanation only for the top-k shown
         pairs = [(user, items[g][k]) for g, (_, user) in enumerate(group) for k in orders[g]]
-        ratings, likes = self.point_predictions(pairs)
-        texts = self.explanations(pairs)
+        ratings, likes = self.point_predictions(pairs, shared)
+        texts = self.explanations(pairs, shared)
         item_tokens = self.dataset.field2id_token[self.dataset.iid_field]
         rows, p = [], 0
         for g, (token, user) in enumerate(group):
