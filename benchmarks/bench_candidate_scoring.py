@@ -40,7 +40,7 @@ def _load(dataset):
     from recbole.utils import init_seed
 
     from recbole_ckf.config import Config
-    from recbole_ckf.quick_start import load_data
+    from recbole_ckf.data import load_data
 
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv
     config = Config("CKF", dataset, config_dict={"llm": "tiny", "show_progress": False, "state": "WARNING"})

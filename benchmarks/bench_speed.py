@@ -52,7 +52,7 @@ def _config(llm, **overrides):
 def _data(config):
     from recbole.utils import init_seed
 
-    from recbole_ckf.quick_start import load_data
+    from recbole_ckf.data import load_data
 
     init_seed(config["seed"], True)
     return load_data(config)

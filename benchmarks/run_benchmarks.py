@@ -59,7 +59,7 @@ import recbole_ckf  # noqa: E402,F401
 from recbole.utils import get_trainer, init_seed  # noqa: E402
 
 from recbole_ckf.config import Config  # noqa: E402
-from recbole_ckf.quick_start import load_data  # noqa: E402
+from recbole_ckf.data import load_data  # noqa: E402
 from recbole_ckf.utils import atomic_write_json, atomic_write_text  # noqa: E402
 from report import HEADLINE, METRICS, markdown, plot  # noqa: E402
 from recbole_ckf.evaluator.protocol import (check_same_split, ckf_protocol,  # noqa: E402

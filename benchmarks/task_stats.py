@@ -165,7 +165,7 @@ def dataset_stats(name, tokenizer):
     from recbole_ckf.data.tasks import TaskBuilder, candidate_lists
     from recbole_ckf.data.templates import PromptRenderer
     from recbole_ckf.model.llm import ITEM_TOKEN, USER_TOKEN
-    from recbole_ckf.quick_start import load_data
+    from recbole_ckf.data import load_data
 
     t0 = time.perf_counter()
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv
@@ -174,7 +174,7 @@ def dataset_stats(name, tokenizer):
     dataset, train_data, valid_data, test_data = load_data(config)
     tasks, unavailable = available_tasks(config)
     train_dataset = train_data.dataset
-    # as CKF.__init__ (item texts from the training split) and CKFTrainer.setup / eval_samples
+    # as CKF.__init__ (item texts from the training split), CKFTrainer.setup and data.tasks.evaluation_samples
     item_texts, note = build_item_texts(config, train_dataset, train_dataset)
     renderer = PromptRenderer(config["prompt_templates"], item_texts, USER_TOKEN, ITEM_TOKEN)
     encoder = Encoder(tokenizer, renderer, config["max_length"])

@@ -17,7 +17,7 @@ from recbole_ckf.model.backbone import (
     load_backbone_checkpoint,
     train_backbone,
 )
-from recbole_ckf.quick_start import load_data
+from recbole_ckf.data import load_data
 
 SMALL_BACKBONE = {"embedding_size": 8, "n_layers": 2, "epochs": 2, "train_batch_size": 4096,
                   "eval_batch_size": 4096, "stopping_step": 2}

@@ -41,7 +41,7 @@ def setup(tmp_path_factory):
     from recbole.utils import init_seed
 
     from recbole_ckf.config import Config
-    from recbole_ckf.quick_start import load_data
+    from recbole_ckf.data import load_data
 
     tmp = tmp_path_factory.mktemp("ckf")
     with pytest.MonkeyPatch.context() as mp:

@@ -57,7 +57,7 @@ def test_recbole_trainer_reloads_its_own_checkpoint():
     from recbole.utils import get_trainer
 
     from recbole_ckf.config import Config
-    from recbole_ckf.quick_start import load_data
+    from recbole_ckf.data import load_data
 
     config = Config("BPR", "amazon-instruments", config_dict=small_config())
     _, train, valid, test = load_data(config)

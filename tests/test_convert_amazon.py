@@ -165,7 +165,7 @@ def expected_titles(meta):
 def load(data_path, yaml_path, **overrides):
     """The converted data set through the project's Config (CKF: text columns loaded) and RecBole's loader."""
     from recbole_ckf.config import Config
-    from recbole_ckf.quick_start import load_data
+    from recbole_ckf.data import load_data
 
     config = Config("CKF", NAME, config_file_list=[str(yaml_path)],
                     config_dict=small_config(data_path=str(data_path), llm="tiny", **overrides))

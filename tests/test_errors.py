@@ -75,7 +75,7 @@ def _nothing_written(log=True):
 
 # ---- checkpoints written by save_checkpoint, without training (module-wide, built once) ---------------------
 def _save_checkpoint(dataset, path, cache):
-    from recbole_ckf.quick_start import load_data
+    from recbole_ckf.data import load_data
     from recbole_ckf.trainer.checkpoint import save_checkpoint
 
     config = Config("CKF", dataset, config_dict={**CKF_SETTINGS, "llm_cache_dir": str(cache)})

@@ -25,7 +25,8 @@ import run_recbole_ckf as cli
 from conftest import REPO, small_config
 from recbole_ckf.config import Config
 from recbole_ckf.errors import CKFError
-from recbole_ckf.quick_start import load_data, run_comparison, run_recbole_ckf
+from recbole_ckf.data import load_data
+from recbole_ckf.quick_start import run_comparison, run_recbole_ckf
 
 DATASET = "amazon-instruments"
 

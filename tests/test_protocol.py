@@ -19,7 +19,7 @@ from recbole_ckf.config import Config
 from recbole_ckf.evaluator.protocol import (check_same_split, ckf_protocol, evaluate_pointwise_on_users,
                                             evaluate_ranking_on_lists, explanation_floors, lists_protocol,
                                             split_overrides, training_mean_rating)
-from recbole_ckf.quick_start import load_data
+from recbole_ckf.data import load_data
 
 SMALL = {"epochs": 1, "show_progress": False, "state": "WARNING", "embedding_size": 16, "train_batch_size": 4096,
          "eval_batch_size": 4096, "metric_decimal_place": 10, "n_layers": 1, "n_heads": 2, "hidden_size": 16,

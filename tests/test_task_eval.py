@@ -29,7 +29,7 @@ def setup(tmp_path_factory):
     from recbole_ckf.config import Config
     from recbole_ckf.data.collate import Encoder
     from recbole_ckf.data.tasks import TaskBuilder, candidate_lists
-    from recbole_ckf.quick_start import load_data
+    from recbole_ckf.data import load_data
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "argv", ["pytest"])

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def _build(name, tmp):
     from recbole.utils import init_seed
 
-    from recbole_ckf.quick_start import load_data
+    from recbole_ckf.data import load_data
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "argv", ["pytest"])
@@ -376,7 +376,7 @@ def test_cache_key_follows_the_training_split_itself(amazon):
     """A setting that changes the split (here a k-core filter) changes the key of the cached samples, even
     though no key of the prompt settings changed: samples of another split are never reused."""
     from recbole_ckf.data.tasks import split_fingerprint
-    from recbole_ckf.quick_start import load_data
+    from recbole_ckf.data import load_data
 
     s = amazon
     same = split_fingerprint(s["config"], s["train"].dataset)

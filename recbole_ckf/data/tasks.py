@@ -56,6 +56,8 @@ class Sample:
     answer: str = ""               # the text the LM learns / is compared with
     pool: list = None              # item ids pooled into p_u (the latest pool_history earlier items)
     user_stats: tuple = None       # (count, mean rating) of all the user's earlier interactions
+    positives: tuple = None        # sequential evaluation: indices of every true item in candidates (several
+                                   # when the split gives a user several test items; ranked together, as RecBole)
 
     def __post_init__(self):
         if self.pool is None:
@@ -123,6 +125,33 @@ def candidate_lists(eval_data, seed):
     return lists
 
 
+def evaluation_samples(builder, eval_data, limit, seed, earlier=()):
+    """The samples one evaluation split is scored on: RecBole's ``uniN`` lists of ``eval_data``
+    (:func:`candidate_lists`) and every interaction of a seeded subset of its users (:func:`sample_users`,
+    ``limit`` users; all when None). ``earlier``: as for :meth:`TaskBuilder.eval_samples`."""
+    lists = candidate_lists(eval_data, seed)
+    users = sample_users(eval_data.dataset.inter_feat[eval_data.dataset.uid_field].numpy(), limit, seed)
+    return builder.eval_samples(eval_data.dataset, lists, users, earlier=earlier)
+
+
+def validation_split_samples(config, builder, valid_data):
+    """The validation samples: ``valid_users`` seeded users of the validation split."""
+    return evaluation_samples(builder, valid_data, config["valid_users"], config["seed"])
+
+
+def test_split_history(config, valid_data):
+    """The splits test prompts continue the history through: the validation split (``test_history:
+    train_valid``, as RecBole's sequential models see it), or none (``test_history: train``, the ablation)."""
+    return (valid_data.dataset,) if valid_data is not None and config["test_history"] != "train" else ()
+
+
+def test_split_samples(config, builder, test_data, valid_data=None):
+    """The test samples: ``eval_users`` seeded users of the test split, histories through
+    :func:`test_split_history`."""
+    return evaluation_samples(builder, test_data, config["eval_users"], config["seed"],
+                              earlier=test_split_history(config, valid_data))
+
+
 class TaskBuilder:
     """Builds the samples of every task for the train, valid and test splits."""
 
@@ -164,7 +193,7 @@ class TaskBuilder:
                                         user_stats=stats)
         return out
 
-    def _sequential(self, u, item, history, hist_ratings, pool, stats, candidates):
+    def _sequential(self, u, item, history, hist_ratings, pool, stats, candidates, positives=None):
         k = candidates.index(item)
         if self.answer_mode == "label" and len(candidates) > len(LABELS):
             raise CKFError(f"sequential_answer 'label' labels at most {len(LABELS)} candidates, the evaluation "
@@ -172,7 +201,8 @@ class TaskBuilder:
                            f"sequential_answer: title, or a mode with at most {len(LABELS) - 1} negatives")
         answer = LABELS[k] if self.answer_mode == "label" else self.item_answer(item, u)
         return Sample("sequential", u, item, history, hist_ratings, candidates=candidates, label=float(k),
-                      answer=answer, pool=pool, user_stats=stats)
+                      answer=answer, pool=pool, user_stats=stats,
+                      positives=tuple(candidates.index(i) for i in positives) if positives else None)
 
     def train_samples(self):
         """Samples of every training interaction (sequential: those with at least one earlier item)."""
@@ -221,19 +251,25 @@ class TaskBuilder:
                     for part, extra in zip(own, seq):
                         part.extend(extra)
         samples = {t: [] for t in self.tasks}
+        ranked = {}  # sequential: {user: (context, [true items])}, one ranking per user
         for row in range(len(us)):
             u, item = int(us[row]), int(items[row])
             if keep is not None and u not in keep:
                 continue
             seq = seqs.get(u, ([], [], []))
-            history, hist_ratings, pool, stats = self._history(seq, len(seq[0]), self.max_history, self.pool_history)
+            context = self._history(seq, len(seq[0]), self.max_history, self.pool_history)
             rating = float(ratings[row]) if ratings is not None else None
             head = heads[row] if heads is not None else ""
-            for task, s in self._point_samples(u, item, rating, head, history, hist_ratings, pool, stats).items():
+            for task, s in self._point_samples(u, item, rating, head, *context).items():
                 samples[task].append(s)
             if "sequential" in self.tasks and candidates is not None and u in candidates:
-                cands = list(candidates[u])
-                order = np.random.default_rng([self.rng_seed, u]).permutation(len(cands))  # true item not always first
-                cands = [cands[i] for i in order]
-                samples["sequential"].append(self._sequential(u, item, history, hist_ratings, pool, stats, cands))
+                ranked.setdefault(u, (context, []))[1].append(item)
+        for u, (context, true_items) in ranked.items():
+            # RecBole ranks a user's list once, over distinct items (its scores are an [user, item] matrix): a
+            # negative drawn twice counts once, and every test item of the user is a positive of the same list
+            cands = list(dict.fromkeys(int(i) for i in candidates[u]))
+            order = np.random.default_rng([self.rng_seed, u]).permutation(len(cands))  # true item not always first
+            cands = [cands[i] for i in order]
+            true_items = list(dict.fromkeys(true_items))
+            samples["sequential"].append(self._sequential(u, true_items[0], *context, cands, positives=true_items))
         return samples

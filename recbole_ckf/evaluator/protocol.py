@@ -1,7 +1,7 @@
 """The evaluation protocol the README's comparisons rest on: baselines evaluated on exactly what CKF is evaluated
 on, the same split, the same test users and the same candidate lists.
 
-CKF's trainer evaluates the test split like this (``CKFTrainer.eval_samples``):
+CKF's trainer evaluates the test split like this (:func:`recbole_ckf.data.tasks.test_split_samples`):
 
 * the candidate lists are ``candidate_lists(test_data, seed)``: RecBole's own ``uniN`` lists (1 true item + N-1
   negatives per test interaction), drawn by RecBole's sampler with numpy's global generator seeded with ``seed``;
@@ -40,10 +40,10 @@ from recbole.utils import ModelType, init_seed
 import recbole_ckf  # noqa: F401  (compatibility fixes before recbole is used)
 import recbole_ckf.evaluator  # noqa: F401  (registers the text metrics)
 from recbole_ckf.config import Config
+from recbole_ckf.data import load_data
 from recbole_ckf.data.tasks import TaskBuilder, candidate_lists, sample_users, user_sequences
 from recbole_ckf.evaluator.task_eval import TASK_METRICS, metric_config
 from recbole_ckf.evaluator.text_metrics import PRED_KEY, REF_KEY
-from recbole_ckf.quick_start import load_data
 
 PREDICT_CHUNK = 8192  # (user, candidate) pairs per predict call
 
@@ -75,7 +75,8 @@ class Protocol:
 
 def lists_protocol(config, dataset, train_data, test_data, eval_users=None):
     """The protocol of any model's ``uniN`` test dataloader: ``candidate_lists(test_data, config["seed"])`` and
-    ``sample_users(<test users>, eval_users, seed)``, as CKF's trainer computes them."""
+    ``sample_users(<test users>, eval_users, seed)``, as CKF's trainer computes them
+    (:func:`recbole_ckf.data.tasks.evaluation_samples`)."""
     seed = config["seed"]
     lists = candidate_lists(test_data, seed)
     ds = test_data.dataset

@@ -30,7 +30,8 @@ from recbole.trainer import AbstractTrainer
 from recbole.utils import get_local_time, set_color
 from tqdm import tqdm
 from recbole_ckf.data.collate import Encoder, cache_key, cached, collate
-from recbole_ckf.data.tasks import CODE_VERSION, TaskBuilder, candidate_lists, sample_users, split_fingerprint
+from recbole_ckf.data.tasks import (CODE_VERSION, TaskBuilder, split_fingerprint, test_split_samples,
+                                   validation_split_samples)
 from recbole_ckf.errors import CKFError
 from recbole_ckf.model.backbone import load_backbone_checkpoint, train_backbone
 from recbole_ckf.trainer.checkpoint import load_checkpoint, record_adjustments, save_checkpoint
@@ -166,11 +167,6 @@ class CKFTrainer(AbstractTrainer):
             return encoded
         return cached(self._cache_dir(), key, build)
 
-    def eval_samples(self, eval_data, limit, earlier=()):
-        lists = candidate_lists(eval_data, self.seed)
-        users = sample_users(eval_data.dataset.inter_feat[eval_data.dataset.uid_field].numpy(), limit, self.seed)
-        return self.builder.eval_samples(eval_data.dataset, lists, users, earlier=earlier)
-
     def _selection(self, sizes, labels, epoch):
         """``{task: sample indices}`` drawn for one epoch (seeded per epoch: a resumed run sees exactly the
         samples of an uninterrupted one). ctr draws both classes equally (``balance_ctr``): with 85% "Yes",
@@ -247,7 +243,7 @@ class CKFTrainer(AbstractTrainer):
         model.to(self.device)
         encoded = self._encoded_train()
         self._set_explanation_tokens(encoded)
-        valid = self.eval_samples(valid_data, config["valid_users"]) if valid_data is not None else None
+        valid = validation_split_samples(config, self.builder, valid_data) if valid_data is not None else None
         self.log_memory("building the task samples")
 
         optimizer, scheduler, params, micro_steps = self._optimizer(encoded)
@@ -414,7 +410,7 @@ class CKFTrainer(AbstractTrainer):
         self.model.to(self.device)
         valid_scores = self.valid_scores
         if valid_scores is None and self.valid_data is not None:
-            valid_scores = self._score_samples(self.eval_samples(self.valid_data, self.config["valid_users"]),
+            valid_scores = self._score_samples(validation_split_samples(self.config, self.builder, self.valid_data),
                                                show_progress)
         fusion = self.config["score_fusion"] == "backbone"
         adjust = fit_adjustments(valid_scores, fusion=fusion) if valid_scores else None
@@ -425,11 +421,8 @@ class CKFTrainer(AbstractTrainer):
                     record_adjustments(path, adjust)
                 except OSError as err:  # a read-only checkpoint folder: the evaluation does not need it
                     self.logger.warning(f"could not record the calibration in {path}: {err}")
-        # test prompts continue the history through the validation interaction (test_history: train_valid), as
-        # RecBole's sequential models see it; test_history: train is the ablation
-        earlier = (self.valid_data.dataset,) if (self.valid_data is not None and
-                                                 self.config["test_history"] != "train") else ()
-        samples = self.eval_samples(eval_data, self.config["eval_users"], earlier=earlier)
+        # test prompts continue the history through the validation interaction (test_history: train_valid)
+        samples = test_split_samples(self.config, self.builder, eval_data, self.valid_data)
         t0 = time.time()
         result = task_metrics(self._score_samples(samples, show_progress), self.config, self.train_counts, adjust)
         self.logger.info(f"test: {sum(len(v) for v in samples.values())} samples of "
