@@ -35,8 +35,10 @@ def _ndcg_at(scores_list, positives, k=3):
 
     gains = []
     for scores, pos in zip(scores_list, positives):
-        rank = rank_candidates(scores).index(int(pos))
-        gains.append(1.0 / np.log2(rank + 2) if rank < k else 0.0)
+        pos = {int(p) for p in np.atleast_1d(pos)}  # RecBole's NDCG: several positives per list allowed
+        top = rank_candidates(scores)[:k]
+        dcg = sum(1.0 / np.log2(r + 2) for r, c in enumerate(top) if c in pos)
+        gains.append(dcg / sum(1.0 / np.log2(r + 2) for r in range(min(len(pos), k))))
     return float(np.mean(gains)) if gains else 0.0
 
 

@@ -132,6 +132,11 @@ class TaskScores:
                                   # sample; explanation: generated texts
     backbone: object = None       # the backbone's e_u . e_v: [N] (ctr, rating) or [K] per sample (sequential)
     refs: list = None             # explanation: the reference headlines
+    positives: list = None        # sequential: the indices of the true candidates of each sample (None: labels)
+
+    def true_candidates(self):
+        """Sequential: the true candidates' indices per sample (one per sample unless ``positives`` says more)."""
+        return self.positives if self.positives is not None else [[int(k)] for k in self.labels.tolist()]
 
 
 def score_tasks(model, samples, encoder, config, slotted=True, show_progress=False, batch_size=None,
@@ -168,6 +173,7 @@ def score_tasks(model, samples, encoder, config, slotted=True, show_progress=Fal
                 reduction = config_value(config, "sequential_score", "mean")
                 scores.raw = score_candidates(*args, reduction, autocast, show_progress)
             scores.backbone = [model.backbone_scores([s.user] * len(s.candidates), s.candidates) for s in task_samples]
+            scores.positives = [list(s.positives) if s.positives else [int(s.label)] for s in task_samples]
         else:
             max_tokens = config_value(config, "explanation_max_tokens", DEFAULT_EXPLANATION_TOKENS)
             scores.raw = generate_explanations(*args, max_tokens, autocast, show_progress)
@@ -193,7 +199,7 @@ def fit_adjustments(valid_scores, fusion=False):
             adjust["rating"]["fusion"] = fit_pointwise("rating", calibrated, v.backbone, v.labels)
     if fusion and "sequential" in valid_scores:
         v = valid_scores["sequential"]
-        adjust["sequential"] = {"backbone_weight": fit_list_weight(v.raw, v.backbone, v.labels.long().tolist())}
+        adjust["sequential"] = {"backbone_weight": fit_list_weight(v.raw, v.backbone, v.true_candidates())}
     return adjust
 
 
@@ -224,13 +230,14 @@ def _gauc_part(config, scores, labels, samples_users):
                  eligible)
 
 
-def _ranking_part(config, scores_list, labels, users):
+def _ranking_part(config, scores_list, positives, users):
+    """RecBole's ranking metrics of one list per user; ``positives``: the true candidates' indices per list."""
     width = max(len(s) for s in scores_list)
     topk = sorted({1, 3, width})
     mconfig = metric_config(config, TASK_METRICS["sequential"], topk)
     matrix = ranking_scores(scores_list, width)
-    positive_u = torch.arange(len(scores_list))
-    positive_i = labels.long()
+    positive_u = torch.tensor([b for b, pos in enumerate(positives) for _ in pos], dtype=torch.long)
+    positive_i = torch.tensor([k for pos in positives for k in pos], dtype=torch.long)
     keep = ("hit@1", "hit@3", "ndcg@3", f"mrr@{width}")
     return _Part(mconfig, _collect(mconfig, matrix, positive_u=positive_u, positive_i=positive_i), users, keep)
 
@@ -250,7 +257,7 @@ def _ckf_parts(config, s, adjust):
         return [_point_part(config, "rating", pred, s.labels, s.users)], (
             [_point_part(config, "rating", s.raw, s.labels, s.users)] if "linear" in a else [])
     if s.task == "sequential":
-        return [_ranking_part(config, s.raw, s.labels, s.users)], []
+        return [_ranking_part(config, s.raw, s.true_candidates(), s.users)], []
     data = DataStruct()
     data.set(PRED_KEY, s.raw)
     data.set(REF_KEY, s.refs)
@@ -260,10 +267,10 @@ def _ckf_parts(config, s, adjust):
 def _fusion_parts(config, s, adjust):
     a = (adjust or {}).get(s.task, {})
     if s.task == "sequential":
-        parts = {"backbone": [_ranking_part(config, s.backbone, s.labels, s.users)]}
+        parts = {"backbone": [_ranking_part(config, s.backbone, s.true_candidates(), s.users)]}
         if "backbone_weight" in a:
             fused = blend_lists(s.raw, s.backbone, a["backbone_weight"])
-            parts["fusion"] = [_ranking_part(config, fused, s.labels, s.users)]
+            parts["fusion"] = [_ranking_part(config, fused, s.true_candidates(), s.users)]
         return parts
     if a.get("fusion"):
         ckf = s.raw if s.task == "ctr" else apply_linear(s.raw, a["linear"], *RATING_RANGE)
