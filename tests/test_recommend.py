@@ -152,29 +152,33 @@ def test_batched_equals_one_user_at_a_time(run, rerank):
 
 
 def test_shared_prefix_equals_the_plain_scorers(run):
-    """One user's top-k prompts of a task, their common prefix run once (recommend_shared), against the
-    evaluator's plain functions: same logits and explanations; the prefix ends before the prompts' own item slot
-    (every slot is the same placeholder token)."""
+    """Each user's top-k prompts of a task, their common prefix run once (recommend_shared; several users per
+    forward pass, left-padded), against the evaluator's plain functions: same logits and explanations; the
+    prefix ends right before the prompts' own item slot (every slot is the same placeholder token)."""
     from recbole_ckf.evaluator.generation import generate_explanations
     from recbole_ckf.evaluator.inference import predict_answer_logits, prompt_only
-    from recbole_ckf.recommend_shared import common_prefix, shared_answer_logits, shared_explanations
+    from recbole_ckf.recommend_shared import _prefill, answer_logits_by_user, common_prefix, explanations_by_user
 
     rec = run["rec"]
     model, enc = rec.model, rec.encoder
-    uid = _all_items(rec, USERS[0])[1]
-    items = [i for i, _ in rec.retrieve(uid, 6)]
+    pairs = []
+    for token in USERS:
+        uid = _all_items(rec, token)[1]
+        pairs += [(uid, i) for i, _ in rec.retrieve(uid, 3 if token == USERS[0] else 5)]
     for task in ("rating", "ctr"):
-        samples = [rec._sample(task, uid, i) for i in items]
+        samples = [rec._sample(task, u, i) for u, i in pairs]
         encoded = [prompt_only(e) for e in enc.encode_all(samples, True)]
-        n = common_prefix(encoded, model.item_token_id)
-        assert 0 < n < min(len(e.input_ids) for e in encoded)
+        n = common_prefix(encoded[:3], model.item_token_id)
+        assert 0 < n < min(len(e.input_ids) for e in encoded[:3])
         assert encoded[0].input_ids[n] == model.item_token_id  # cut right before the item's own slot
-        shared = shared_answer_logits(model, enc, samples, True)
-        assert shared is not None
-        assert torch.allclose(shared, predict_answer_logits(model, enc, samples, True, 16), atol=1e-4)
-    samples = [rec._sample("explanation", uid, i) for i in items]
-    assert shared_explanations(model, enc, samples, True, 3) == generate_explanations(model, enc, samples, True, 16, 3)
-    assert shared_answer_logits(model, enc, [rec._sample("ctr", uid, items[0])], True) is None  # one prompt: plain
+        with torch.no_grad():
+            assert _prefill(model, [encoded[:3], encoded[3:]], True, next(model.parameters()).device) is not None
+        plain = predict_answer_logits(model, enc, samples, True, 16)
+        for size in (1, 16):  # one user per pass; both users in one pass
+            assert torch.allclose(answer_logits_by_user(model, enc, samples, True, size), plain, atol=1e-4)
+    samples = [rec._sample("explanation", u, i) for u, i in pairs]
+    assert explanations_by_user(model, enc, samples, True, 16, 3) == generate_explanations(model, enc, samples, True,
+                                                                                          16, 3)
 
 
 def test_python_api_and_atomic_outputs(run, monkeypatch, tmp_path):
