@@ -2,8 +2,13 @@
 with the batched path (every LM stage runs all users' prompts together, ``eval_batch_size`` per forward pass) and,
 with ``--compare``, one user at a time (the path before batching), in the same process, on the same users.
 
-    python benchmarks/bench_recommend.py --checkpoint=saved/CKF-amazon-instruments-<time> --compare
-    python benchmarks/bench_recommend.py --checkpoint=DIR --users=20 --batch_size=32 --output=/tmp/r.json
+    python benchmarks/bench_recommend.py --checkpoint=saved/CKF-amazon-instruments-<time> --compare \
+        --eval_batch_size=64
+    python benchmarks/bench_recommend.py --checkpoint=DIR --users=20 --output=/tmp/r.json   # a tiny-LM check
+
+``eval_batch_size`` is the number of prompts per forward pass of the batched path (the rating / P(like) /
+explanation chunks hold whole users: at least one user's top-k, more users while they fit); at the default 16
+and ``--topk=10`` a chunk is one user, so the explanations of several users are decoded together only from 20 up.
 
 Users: a seeded (``--seed``, default 0) permutation of the data set's test users (users with a test interaction),
 the first ``--users`` (default 100) of it. ``--topk`` (default 10) as the CLI; the number retrieved, the re-rank mode

@@ -4,8 +4,9 @@ One tiny CKF (``llm: tiny``, one epoch, tiny budgets) is trained on amazon-instr
 tests recommend for two users from its run folder: the rows and their columns, ranks 1..k, CKF scores in
 descending order (mode ckf), never an item the user already has (in any split), the backbone stage being exactly
 the top N of e_u . e_v, the fusion and backbone modes, the JSON / MD outputs written atomically, and the
-one-line error (exit status 2) of an unknown user id through the real command line, and the batched path (all
-users' prompts together) against one user at a time.
+one-line error (exit status 2) of an unknown user id through the real command line, the batched path (all
+users' prompts together, each user's top-k prompts sharing their prefix) against one user at a time, and the
+shared-prefix scorers against the evaluator's plain ones.
 """
 
 import glob
