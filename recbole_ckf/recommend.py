@@ -192,15 +192,16 @@ class Recommender:
         return [(int(items[k]), float(scores[k])) for k in order]
 
     def _sample(self, task, user, item, candidates=()):
-        from recbole_ckf.data.tasks import Sample
+        """A prompt about ``item`` after ALL of ``user``'s interactions, built as the training prompts are
+        (``TaskBuilder._history``: shown history, pooled items, (count, mean rating) for ``prompt_stats``)."""
+        from recbole_ckf.data.tasks import Sample, TaskBuilder
 
-        items, ratings = self.sequences.get(user, ([], []))
+        seq = self.sequences.get(user, ([], []))
         shown = self.model.config["max_history"]
         pooled = max(self.model.config["pool_history"] or shown, shown)
-        history = items[max(0, len(items) - shown):]
-        hist_ratings = ratings[max(0, len(items) - shown):] if ratings and ratings[0] is not None else None
+        history, hist_ratings, pool, stats = TaskBuilder._history((*seq, None), len(seq[0]), shown, pooled)
         return Sample(task, user, item, list(history), hist_ratings, candidates=list(candidates), label=0.0,
-                      answer="", pool=items[max(0, len(items) - pooled):])
+                      answer="", pool=pool, user_stats=stats)
 
     def _lists(self, user, items):
         """The stratified candidate lists of ``user``'s retrieved ``items`` (list j: ranks j, j+m, ...), each in
