@@ -45,6 +45,9 @@ setup(
     packages=find_packages(include=["recbole_ckf", "recbole_ckf.*"]),
     install_requires=install_requires,
     extras_require={"test": ["pytest>=7"]},
+    # the property files are package data: `pip install .` (not only -e) finds them (MANIFEST.in: the sdist)
+    package_data={"recbole_ckf": ["properties/*.yaml", "properties/*/*.yaml"]},
     include_package_data=True,
+    entry_points={"console_scripts": ["recbole-ckf=recbole_ckf.cli:main"]},
     license="MIT",
 )

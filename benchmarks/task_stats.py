@@ -314,7 +314,7 @@ def git_state():
         r = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True)
         return r.stdout.rstrip("\n") if r.returncode == 0 else None
 
-    dirty = git("status", "--porcelain", "--", "recbole_ckf", "properties", "dataset")
+    dirty = git("status", "--porcelain", "--", "recbole_ckf", "dataset")
     return {"head": (git("rev-parse", "--short", "HEAD") or "").strip() or None,
             "uncommitted": [line[3:] for line in (dirty or "").splitlines()]}
 

@@ -4,10 +4,16 @@ Differences from ``recbole.config.Config`` (each for a reason a RecBole user wou
 
 * models are looked up in the plugin first (``CKF``), then in RecBole, with a clear error naming the closest
   known models (:mod:`recbole_ckf.registry`);
-* after RecBole's own property files, the plugin's are loaded, lowest priority first:
-  ``properties/overall.yaml`` < ``properties/model_type/<type>.yaml`` < ``properties/dataset/<name>.yaml``
-  < ``properties/<model>.yaml`` < ``properties/<model>/<name>.yaml`` (a model's budget for one data set, e.g. the
-  CKF backbone's epochs on ml-100k); the user's config files, ``config_dict`` and command line still override them;
+* after RecBole's own property files, the plugin's (package data in ``recbole_ckf/properties/``) are loaded.
+  RecBole's layering order is kept, lowest priority first:
+
+  1. RecBole's own ``recbole/properties/overall.yaml``, ``model/<model>.yaml`` and ``dataset/<name>.yaml``
+     (and its sample dataset files), as ``recbole.config.Config._load_internal_config_dict`` reads them;
+  2. the plugin's ``properties/overall.yaml`` < ``properties/model_type/<type>.yaml`` <
+     ``properties/dataset/<name>.yaml`` < ``properties/<model>.yaml`` < ``properties/<model>/<name>.yaml`` (a
+     model's budget for one data set, e.g. the CKF backbone's epochs on ml-100k): the internal config;
+  3. then, as in RecBole, the external config: the user's ``config_file_list`` < ``config_dict`` < command line
+     (``cmd_args``); RecBole merges internal < external in ``_get_final_config_dict``;
 * command-line overrides are passed in explicitly (``cmd_args``) instead of being read from ``sys.argv``, so
   that the Config can be built under pytest or inside another program;
 * data sets are found in the project's ``dataset/`` folder unless ``data_path`` is given (``ml-100k`` comes
@@ -34,9 +40,15 @@ from recbole_ckf import settings_check
 from recbole_ckf.errors import CKFError
 from recbole_ckf.registry import get_model
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROPERTIES_DIR = os.path.join(PROJECT_ROOT, "properties")
-DATASET_DIR = os.path.join(PROJECT_ROOT, "dataset")
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+PROJECT_ROOT = os.path.dirname(PACKAGE_DIR)
+# the plugin's property files are package data: found the same way in a checkout and after `pip install .`
+PROPERTIES_DIR = os.path.join(PACKAGE_DIR, "properties")
+# data sets: the checkout's dataset/ (amazon-instruments ships there); installed without a checkout, RecBole's
+# own default, dataset/ of the current folder (ml-100k comes from RecBole's wheel either way)
+_CHECKOUT_DATASETS = os.path.join(PROJECT_ROOT, "dataset")
+DATASET_DIR = _CHECKOUT_DATASETS if os.path.isfile(os.path.join(PROJECT_ROOT, "setup.py")) and os.path.isdir(
+    _CHECKOUT_DATASETS) else "dataset"
 
 _MODEL_TYPE_FILES = {
     ModelType.GENERAL: "general.yaml",
@@ -217,7 +229,8 @@ class Config(RecBoleConfig):
         path = self.final_config_dict["data_path"]
         inter = os.path.join(path, f"{self.dataset}.inter")
         if not os.path.isfile(inter):
-            shipped = sorted(d for d in os.listdir(DATASET_DIR) if os.path.isdir(os.path.join(DATASET_DIR, d)))
+            shipped = sorted(d for d in (os.listdir(DATASET_DIR) if os.path.isdir(DATASET_DIR) else [])
+                             if os.path.isdir(os.path.join(DATASET_DIR, d)))
             known = ", ".join(["ml-100k"] + [d for d in shipped if d != "ml-100k"])
             raise CKFError(
                 f"unknown data set '{self.dataset}': no atomic file '{inter}' (shipped data sets: {known}; "

@@ -77,7 +77,7 @@ def test_sequential_and_context_models_match_recbole_run_recbole(monkeypatch, mo
     """RecBole's run_recbole, given the plugin's property files as config files, trains the same model."""
     settings = small_config(metric_decimal_place=10, data_path=os.path.join(REPO, "dataset"))
     ours = run_recbole_ckf(model=model, dataset=DATASET, config_dict=dict(settings))
-    properties = os.path.join(REPO, "properties")
+    from recbole_ckf.config import PROPERTIES_DIR as properties
     files = [os.path.join(properties, "overall.yaml"), os.path.join(properties, "model_type", f"{model_type}.yaml"),
              os.path.join(properties, "dataset", f"{DATASET}.yaml")]
     theirs = _recbole_run_recbole(monkeypatch)(model=model, dataset=DATASET, config_file_list=files,
