@@ -26,7 +26,16 @@ def git_commit():
         return "unknown"
 
 
+def _recbole_version():
+    try:
+        import recbole
+        return recbole.__version__
+    except (ImportError, AttributeError):
+        return None
+
+
 def machine_info():
+    """The machine, library versions, load, commit and command of a benchmark run (every script's result files)."""
     import peft
     import psutil
     import torch
@@ -42,5 +51,6 @@ def machine_info():
             "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__, "cuda": torch.cuda.is_available(),
             "memory_gib": round(psutil.virtual_memory().total / 2 ** 30, 1),
-            "load_average_1m_at_start": round(os.getloadavg()[0], 2), "commit": git_commit(),
+            "recbole": _recbole_version(), "load_average_1m_at_start": round(os.getloadavg()[0], 2),
+            "commit": git_commit(),
             "command": " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])}

@@ -64,7 +64,7 @@ def markdown(report):
              f"{report['protocol'].get('normalize_all')}`; RecBole sorts the split by the float32 time field, so "
              "normalising it changes which same-minute interaction is last) and is refused unless its test "
              "interactions are CKF's (`recbole_ckf.evaluator.protocol.check_same_split`).",
-             f"* Machine: {report['machine']['cpu_count']} CPUs ({report['machine']['processor']}), torch "
+             f"* Machine: {report['machine']['cpu_count']} CPUs ({report['machine'].get('cpu') or report['machine'].get('processor')}), torch "
              f"{report['machine']['torch']}, CUDA {report['machine']['cuda']}. Baselines part: "
              f"{report['baseline_minutes']} min.", ""]
     if n < 200:

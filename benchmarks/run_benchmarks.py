@@ -12,7 +12,7 @@ explanation).
 
 Protocol (identical for every model; see benchmarks/README.md):
 
-* RecBole's split of the plugin (``properties/overall.yaml``): leave-one-out by time, seed 2020.
+* RecBole's split of the plugin (``recbole_ckf/properties/overall.yaml``): leave-one-out by time, seed 2020.
 * Ranking (sequential task): every model ranks CKF's lists ``candidate_lists(test_data, seed)`` (RecBole's uni9,
   1 true + 9 negatives) of CKF's test users ``sample_users(test users, eval_users, seed)``
   (:mod:`recbole_ckf.evaluator.protocol`): Hit@1, Hit@3, NDCG@3, MRR. Also reported: the same lists over all test users, and
@@ -38,19 +38,13 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import re
+import shutil
 import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(REPO, "benchmarks")
-RESULTS = os.path.join(BENCH, "results")
-sys.path.insert(0, REPO)
-sys.path.insert(0, BENCH)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from common import REPO, RESULTS, machine_info  # noqa: E402  (puts the repository on sys.path, offline hub)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -361,23 +355,6 @@ def load_ckf_results(path, dataset):
 
 # ---------------------------------------------------------------------------------------------------------
 # reports
-def machine_info():
-    import transformers
-
-    info = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "processor": platform.processor() or platform.machine(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "cuda": torch.cuda.is_available()}
-    try:
-        import recbole
-        info["recbole"] = recbole.__version__
-    except AttributeError:
-        pass
-    if hasattr(os, "getloadavg"):
-        info["load_average_1m_at_start"] = round(os.getloadavg()[0], 2)
-    return info
-
-
 def ctr_label_counts(protocol, all_protocol):
     out = {}
     for key, p in (("ckf_users", protocol), ("all_users", all_protocol)):
@@ -434,11 +411,8 @@ def _ckf_eval_users(sources, dataset, requested):
     return None if value in ("None", "~", "null") else int(value)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    command = "python benchmarks/run_benchmarks.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    sys.argv = sys.argv[:1]  # RecBole's Config would parse our flags
-    os.makedirs(RESULTS, exist_ok=True)
+def _settings(args):
+    """The run's settings from the command line: baselines, budget, caps, eval_users, CKF overrides, variants."""
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in RANKING_MODELS + CONTEXT_MODELS]
     if unknown:
@@ -450,121 +424,162 @@ def main(argv=None):
         if key not in caps and key not in RANKING_MODELS + CONTEXT_MODELS:
             sys.exit(f"error: --cap-minutes: {key!r} is neither a family (general, sequential, context) nor a model")
         caps[key] = float(value)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     eval_users = {"config": "config", "all": None}.get(args.eval_users, None)
     if args.eval_users not in ("config", "all"):
         eval_users = int(args.eval_users)
-    ckf_overrides = json.loads(args.ckf_config)
     bad = [v for v in filter(None, args.variants.split(",")) if v not in VARIANTS]
     if bad:
         sys.exit(f"error: --variants: unknown {bad}; expected some of {', '.join(VARIANTS)}")
     variants = [VARIANTS[v] for v in filter(None, args.variants.split(","))]
+    return models, budget, caps, eval_users, json.loads(args.ckf_config), variants
+
+
+def _stored_baselines(old_path, protocol, tasks, budget, caps):
+    """``--skip-baselines``: the baseline rows (and their budget and run) of the stored comparison file."""
+    old = json.load(open(old_path))
+    rows = [r for r in old["rows"] if not r["kind"].startswith("ckf")]
+    if protocol.eval_users is None:  # CKF tested on every test user: compare with the all-user numbers
+        for r in rows:
+            if r.get("all_users"):
+                r["ckf_users"] = dict(r["all_users"])
+    if "sequential" in tasks and not any(r["model"] == "random ranking (expected)" for r in rows):
+        rows.insert(0, random_ranking_row())
+    run = old.get("baselines_run") or {"command": old["command"], "generated": old["generated"],
+                                       "machine": old["machine"]}
+    return rows, old.get("baseline_minutes"), old.get("budget", budget), old.get("cap_minutes", caps), run
+
+
+def _train_baselines(dataset, tasks, models, protocol, all_protocol, budget, caps, workdir, merge, start):
+    """The floors and every baseline trained here (``--merge``: the other baselines kept from the stored file).
+    Returns ``(rows, baseline_minutes)``."""
+    old_path = os.path.join(RESULTS, f"comparison_{dataset}.json")
+    rows = floor_rows(dataset, tasks, protocol, all_protocol)
+    kept, kept_minutes = [], 0.0
+    if merge and os.path.isfile(old_path):
+        old = json.load(open(old_path))
+        if old["protocol"]["ckf_user_tokens"] != protocol.user_tokens:
+            sys.exit(f"error: --merge: {old_path} was computed on other test users")
+        kept = [r for r in old["rows"] if r["kind"] == "baseline" and r["model"] not in models]
+        kept_minutes = sum(r["settings"].get("train_seconds", 0) for r in kept) / 60
+    plan = [(m, "sequential") for m in models if m in RANKING_MODELS]
+    plan += [(m, t) for t in ("ctr", "rating") if t in tasks for m in models if m in CONTEXT_MODELS]
+    for model_name, task in plan:
+        t0 = time.perf_counter()
+        row = train_baseline(model_name, dataset, task, protocol, all_protocol, budget, caps, workdir)
+        rows.append(row)
+        head = HEADLINE[task]
+        log(f"{dataset}: {model_name:<9} {task:<10} {head}={row['ckf_users'].get(head)} "
+            f"(all users {row['all_users'].get(head)}, RecBole standard "
+            f"{row['recbole_standard'].get(head)}), epochs {row['settings']['epochs_trained']} "
+            f"(best {row['settings']['best_epoch']}), {time.perf_counter() - t0:.0f} s")
+    rows += kept
+    order = {m: k for k, m in enumerate(RANKING_MODELS + CONTEXT_MODELS)}
+    rows.sort(key=lambda r: (r["kind"] != "floor", order.get(r["model"], -1)))
+    return rows, round((time.perf_counter() - start) / 60 + kept_minutes, 1)
+
+
+def _with_ckf_rows(rows, given, protocol, here):
+    """``rows`` with the CKF rows of every source (the latest source of a name wins); warns when a source was
+    tested on other users than the baselines."""
+    for src, runs in given:
+        for name, (result, settings) in runs.items():
+            for key, want in (("eval_users", protocol.eval_users), ("seed", protocol.seed)):
+                got = settings.get(key, want)
+                if str(got) != str(want):
+                    log(f"warning: {src}: CKF was tested with {key}={got}, the baselines with {want}: "
+                        f"not the same test users")
+            rows = [r for r in rows if r["model"] != name and not r["model"].startswith(name + " ")
+                    and not r["model"].startswith(name + "'s ")]
+            full = os.path.abspath(os.path.join(here, src))
+            shown = os.path.relpath(full, REPO) if full.startswith(REPO + os.sep) else full
+            rows += _ckf_rows(name, result, settings, shown)
+    return rows
+
+
+def _report(dataset, tasks, command, baselines_run, machine, budget, caps, baseline_minutes, protocol,
+            all_protocol, ckf_overrides, rows):
+    """The comparison file's content: every number, the settings, the machine and the protocol."""
+    return {
+        "dataset": dataset, "tasks": tasks,
+        "generated": datetime.datetime.now().isoformat(timespec="seconds"), "command": command,
+        "baselines_run": baselines_run,
+        "machine": machine, "budget": budget, "cap_minutes": caps, "sequential_settings": SEQUENTIAL,
+        "baseline_minutes": baseline_minutes,
+        "protocol": {"seed": protocol.seed, "split": protocol.config["eval_args"]["split"],
+                     "order": protocol.config["eval_args"]["order"],
+                     "mode": protocol.config["eval_args"]["mode"], "eval_users": protocol.eval_users,
+                     "ckf_test_users": len(protocol.users), "all_test_users": len(all_protocol.users),
+                     "ckf_user_tokens": protocol.user_tokens,
+                     "ctr_labels": ctr_label_counts(protocol, all_protocol),
+                     "ckf_config_overrides": ckf_overrides,
+                     "normalize_all": protocol.config["normalize_all"]},
+        "rows": rows,
+    }
+
+
+def run_dataset(dataset, args, settings, command, machine, workdir, here):
+    """One data set: CKF's protocol, the baselines (trained or stored), the CKF rows; writes its comparison
+    files and returns the report."""
+    models, budget, caps, eval_users, ckf_overrides, variants = settings
+    tasks = DATASETS[dataset]
+    start = time.perf_counter()
+    given = [(src, load_ckf_results(os.path.join(here, src), dataset)) for src in args.ckf_results]
+    eval_users_ds = eval_users if (args.ckf or variants) else _ckf_eval_users(given, dataset, eval_users)
+    protocol = ckf_protocol(dataset, dict(QUIET, **ckf_overrides), eval_users_ds)
+    all_protocol = protocol.restrict(None)
+    log(f"{dataset}: CKF's test users: {len(protocol.users)} of {len(all_protocol.users)} "
+        f"(eval_users={protocol.eval_users}, seed={protocol.seed})")
+    if args.skip_baselines:
+        rows, baseline_minutes, budget, caps, baselines_run = _stored_baselines(
+            os.path.join(RESULTS, f"comparison_{dataset}.json"), protocol, tasks, budget, caps)
+    else:
+        baselines_run = {"command": command, "machine": machine,
+                         "generated": datetime.datetime.now().isoformat(timespec="seconds")}
+        rows, baseline_minutes = _train_baselines(dataset, tasks, models, protocol, all_protocol, budget, caps,
+                                                  workdir, args.merge, start)
+    if args.ckf or variants:
+        variants = variants or (list(ABLATIONS) if args.ablations else ["CKF"])
+        path = run_ckf(dataset, variants, dict(ckf_overrides, eval_users=protocol.eval_users), workdir)
+        given.append((path, load_ckf_results(path, dataset)))
+    rows = _with_ckf_rows(rows, given, protocol, here)
+    report = _report(dataset, tasks, command, baselines_run, machine, budget, caps, baseline_minutes, protocol,
+                     all_protocol, ckf_overrides, rows)
+    atomic_write_json(os.path.join(RESULTS, f"comparison_{dataset}.json"), _jsonable(report))
+    atomic_write_text(os.path.join(RESULTS, f"comparison_{dataset}.md"), markdown(report))
+    log(f"{dataset}: written benchmarks/results/comparison_{dataset}.md/.json (baselines part {baseline_minutes} min)")
+    return report
+
+
+def write_plot(reports):
+    """The plot shows every data set that has a comparison file, not only this run's."""
+    done = {r["dataset"] for r in reports}
+    for ds in DATASETS:
+        path = os.path.join(RESULTS, f"comparison_{ds}.json")
+        if ds not in done and os.path.isfile(path):
+            reports.append(json.load(open(path)))
+    reports.sort(key=lambda r: list(DATASETS).index(r["dataset"]))
+    plot(reports, os.path.join(RESULTS, "comparison.png"))
+    log("written benchmarks/results/comparison.png")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    command = "python benchmarks/run_benchmarks.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    sys.argv = sys.argv[:1]  # RecBole's Config would parse our flags
+    os.makedirs(RESULTS, exist_ok=True)
+    settings = _settings(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     machine = machine_info()
-    reports = []
     workdir = tempfile.mkdtemp(prefix="recbole_ckf_bench_")
     here = os.getcwd()
     os.chdir(workdir)  # RecBole writes log_tensorboard/ into the current folder
     try:
-        for dataset in args.datasets:
-            tasks = DATASETS[dataset]
-            start = time.perf_counter()
-            given = [(src, load_ckf_results(os.path.join(here, src), dataset)) for src in args.ckf_results]
-            eval_users_ds = eval_users if (args.ckf or variants) else _ckf_eval_users(given, dataset, eval_users)
-            protocol = ckf_protocol(dataset, dict(QUIET, **ckf_overrides), eval_users_ds)
-            all_protocol = protocol.restrict(None)
-            log(f"{dataset}: CKF's test users: {len(protocol.users)} of {len(all_protocol.users)} "
-                f"(eval_users={protocol.eval_users}, seed={protocol.seed})")
-            old_path = os.path.join(RESULTS, f"comparison_{dataset}.json")
-            if args.skip_baselines:
-                old = json.load(open(old_path))
-                rows = [r for r in old["rows"] if not r["kind"].startswith("ckf")]
-                if protocol.eval_users is None:  # CKF tested on every test user: compare with the all-user numbers
-                    for r in rows:
-                        if r.get("all_users"):
-                            r["ckf_users"] = dict(r["all_users"])
-                if "sequential" in tasks and not any(r["model"] == "random ranking (expected)" for r in rows):
-                    rows.insert(0, random_ranking_row())
-                baseline_minutes = old.get("baseline_minutes")
-                budget, caps = old.get("budget", budget), old.get("cap_minutes", caps)
-                baselines_run = old.get("baselines_run") or {"command": old["command"], "generated": old["generated"],
-                                                             "machine": old["machine"]}
-            else:
-                baselines_run = {"command": command, "machine": machine,
-                                 "generated": datetime.datetime.now().isoformat(timespec="seconds")}
-                rows = floor_rows(dataset, tasks, protocol, all_protocol)
-                kept, kept_minutes = [], 0.0
-                if args.merge and os.path.isfile(old_path):
-                    old = json.load(open(old_path))
-                    if old["protocol"]["ckf_user_tokens"] != protocol.user_tokens:
-                        sys.exit(f"error: --merge: {old_path} was computed on other test users")
-                    kept = [r for r in old["rows"] if r["kind"] == "baseline" and r["model"] not in models]
-                    kept_minutes = sum(r["settings"].get("train_seconds", 0) for r in kept) / 60
-                plan = [(m, "sequential") for m in models if m in RANKING_MODELS]
-                plan += [(m, t) for t in ("ctr", "rating") if t in tasks for m in models if m in CONTEXT_MODELS]
-                for model_name, task in plan:
-                    t0 = time.perf_counter()
-                    row = train_baseline(model_name, dataset, task, protocol, all_protocol, budget, caps, workdir)
-                    rows.append(row)
-                    head = HEADLINE[task]
-                    log(f"{dataset}: {model_name:<9} {task:<10} {head}={row['ckf_users'].get(head)} "
-                        f"(all users {row['all_users'].get(head)}, RecBole standard "
-                        f"{row['recbole_standard'].get(head)}), epochs {row['settings']['epochs_trained']} "
-                        f"(best {row['settings']['best_epoch']}), {time.perf_counter() - t0:.0f} s")
-                rows += kept
-                order = {m: k for k, m in enumerate(RANKING_MODELS + CONTEXT_MODELS)}
-                rows.sort(key=lambda r: (r["kind"] != "floor", order.get(r["model"], -1)))
-                baseline_minutes = round((time.perf_counter() - start) / 60 + kept_minutes, 1)
-            if args.ckf or variants:
-                variants = variants or (list(ABLATIONS) if args.ablations else ["CKF"])
-                path = run_ckf(dataset, variants, dict(ckf_overrides, eval_users=protocol.eval_users), workdir)
-                given.append((path, load_ckf_results(path, dataset)))
-            for src, runs in given:
-                for name, (result, settings) in runs.items():
-                    for key, want in (("eval_users", protocol.eval_users), ("seed", protocol.seed)):
-                        got = settings.get(key, want)
-                        if str(got) != str(want):
-                            log(f"warning: {src}: CKF was tested with {key}={got}, the baselines with {want}: "
-                                f"not the same test users")
-                    rows = [r for r in rows if r["model"] != name and not r["model"].startswith(name + " ")
-                            and not r["model"].startswith(name + "'s ")]  # the latest source wins
-                    full = os.path.abspath(os.path.join(here, src))
-                    shown = os.path.relpath(full, REPO) if full.startswith(REPO + os.sep) else full
-                    rows += _ckf_rows(name, result, settings, shown)
-            report = {
-                "dataset": dataset, "tasks": tasks,
-                "generated": datetime.datetime.now().isoformat(timespec="seconds"), "command": command,
-                "baselines_run": baselines_run,
-                "machine": machine, "budget": budget, "cap_minutes": caps, "sequential_settings": SEQUENTIAL,
-                "baseline_minutes": baseline_minutes,
-                "protocol": {"seed": protocol.seed, "split": protocol.config["eval_args"]["split"],
-                             "order": protocol.config["eval_args"]["order"],
-                             "mode": protocol.config["eval_args"]["mode"], "eval_users": protocol.eval_users,
-                             "ckf_test_users": len(protocol.users), "all_test_users": len(all_protocol.users),
-                             "ckf_user_tokens": protocol.user_tokens,
-                             "ctr_labels": ctr_label_counts(protocol, all_protocol),
-                             "ckf_config_overrides": ckf_overrides,
-                             "normalize_all": protocol.config["normalize_all"]},
-                "rows": rows,
-            }
-            atomic_write_json(os.path.join(RESULTS, f"comparison_{dataset}.json"), _jsonable(report))
-            atomic_write_text(os.path.join(RESULTS, f"comparison_{dataset}.md"), markdown(report))
-            log(f"{dataset}: written benchmarks/results/comparison_{dataset}.md/.json "
-                f"(baselines part {baseline_minutes} min)")
-            reports.append(report)
-        # the plot shows every data set that has a comparison file, not only this run's
-        done = {r["dataset"] for r in reports}
-        for ds in DATASETS:
-            path = os.path.join(RESULTS, f"comparison_{ds}.json")
-            if ds not in done and os.path.isfile(path):
-                reports.append(json.load(open(path)))
-        reports.sort(key=lambda r: list(DATASETS).index(r["dataset"]))
-        plot(reports, os.path.join(RESULTS, "comparison.png"))
-        log("written benchmarks/results/comparison.png")
+        reports = [run_dataset(dataset, args, settings, command, machine, workdir, here) for dataset in args.datasets]
+        write_plot(reports)
     finally:
         os.chdir(here)
         with contextlib.suppress(OSError):
-            import shutil
             shutil.rmtree(workdir)
 
 

@@ -9,14 +9,19 @@ accumulation, and early stopping on a validation metric. ``evaluate`` fits the c
 backbone fusion) on the validation scores of the tested model, then scores the test split deterministically
 through RecBole's evaluator.
 
+``fit`` runs in named steps (``_start_or_resume``, ``_build_samples``, ``_optimizer``/``_restore``, then per
+epoch ``_train_epoch``, ``_validate_epoch``, ``_save_last``); the epoch's samples and batches and the curriculum
+and learning-rate schedules are in :mod:`recbole_ckf.trainer.schedule`, precision and CPU settings in
+:mod:`recbole_ckf.trainer.runtime`; the validation and test samples come from :mod:`recbole_ckf.data.tasks`.
+
 Accelerate owns devices and processes: ``accelerate launch run_recbole_ckf.py ...`` runs the same code on
 several processes (each takes its share of every batch; all take the same task at the same step).
 """
 
+import dataclasses
 import math
 import os
 import random
-import resource
 import time
 from datetime import timedelta
 from logging import getLogger
@@ -35,54 +40,21 @@ from recbole_ckf.data.tasks import (CODE_VERSION, TaskBuilder, split_fingerprint
 from recbole_ckf.errors import CKFError
 from recbole_ckf.model.backbone import load_backbone_checkpoint, train_backbone
 from recbole_ckf.trainer.checkpoint import load_checkpoint, record_adjustments, save_checkpoint
+from recbole_ckf.trainer.runtime import peak_rss_gib, resolve_mixed_precision, use_cpu  # noqa: F401 (re-exported)
+from recbole_ckf.trainer.schedule import curriculum_weight, epoch_plan, epoch_selection, lr_lambdas  # noqa: F401
 from recbole_ckf.utils import stable_hash
 
 
-def curriculum_weight(progress, steepness, midpoint=0.5, floor=0.0):
-    """Weight of the slotted-prompt loss: a sigmoid ramp from text-only to slotted prompts over training,
-    ``floor + (1 - floor) * sigmoid(steepness * (progress - midpoint))``."""
-    return floor + (1.0 - floor) / (1.0 + math.exp(-steepness * (progress - midpoint)))
+@dataclasses.dataclass
+class _Progress:
+    """Where training stands: the first epoch to run, the best validation score and result so far, the
+    evaluations without improvement, the micro-steps taken."""
 
-
-def lr_lambdas(warmup, total, bridge_schedule="constant"):
-    """Learning-rate factors per optimizer step: adapters warm up then decay on a cosine; the bridge warms up
-    then keeps its rate (it learns only from slotted prompts, most of which come after the curriculum's
-    midpoint: a cosine would leave it a small rate just when its batches come)."""
-    def cosine(step):
-        if step < warmup:
-            return step / max(1, warmup)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup)))))
-
-    def constant(step):
-        return min(1.0, step / max(1, warmup))
-    return cosine, (constant if bridge_schedule == "constant" else cosine)
-
-
-def peak_rss_gib():
-    """The process's peak resident memory so far (GiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-
-
-def resolve_mixed_precision(setting, cuda=None):
-    """``auto``: bf16 on a GPU that supports it, none elsewhere. On the CPUs we measured (2 cores, no
-    AVX512-BF16), bf16 autocast made a Gemma-3-270M step 5x (forward) to 60x (backward) slower than float32.
-    ``cuda``: whether the run uses the GPU (default: whether there is one)."""
-    cuda = torch.cuda.is_available() if cuda is None else cuda
-    if setting in (None, "auto"):
-        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
-    if setting not in ("no", "bf16", "fp16"):
-        raise CKFError(f"mixed_precision: expected auto, no, bf16 or fp16, got '{setting}'")
-    return setting
-
-
-def use_cpu(config):
-    """Accelerate's ``cpu`` flag. Accelerate forms a multi-process CPU group (gloo) only when told ``cpu=True``:
-    without it, on a machine without a GPU, ``accelerate launch --multi_gpu --num_processes N`` would run N
-    independent copies of the whole run, each unaware of the others."""
-    if not config["use_gpu"]:
-        return True
-    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator
+    start: int = 0
+    best: float = None
+    best_result: dict = dataclasses.field(default_factory=dict)
+    patience: int = 0
+    step: int = 0
 
 
 class CKFTrainer(AbstractTrainer):
@@ -153,7 +125,7 @@ class CKFTrainer(AbstractTrainer):
             labels = {t: np.array([s.label for s in v]) for t, v in samples.items()}
             needed = {t: set() for t in samples}
             for epoch in range(config["epochs"]):
-                for task, idx in self._selection(sizes, labels, epoch).items():
+                for task, idx in epoch_selection(config, model.tasks, sizes, labels, epoch).items():
                     needed[task].update(int(i) for i in idx)
             encoded = {"sizes": sizes, "labels": labels,
                        "answer_tokens": [len(model.tokenizer(s.answer, add_special_tokens=False)["input_ids"])
@@ -166,43 +138,6 @@ class CKFTrainer(AbstractTrainer):
                     encoded[mode][task] = dict(zip(idx, enc))
             return encoded
         return cached(self._cache_dir(), key, build)
-
-    def _selection(self, sizes, labels, epoch):
-        """``{task: sample indices}`` drawn for one epoch (seeded per epoch: a resumed run sees exactly the
-        samples of an uninterrupted one). ctr draws both classes equally (``balance_ctr``): with 85% "Yes",
-        a plain draw gives a handful of "No" per epoch; calibration on validation restores the base rate."""
-        rng = np.random.default_rng([self.seed, epoch])
-        per_task = self.config["train_samples_per_task"]
-        out = {}
-        for task in self.model.tasks:
-            n = sizes[task]
-            k = n if per_task is None else min(n, per_task)
-            if task == "ctr" and self.config["balance_ctr"] and n:
-                classes = [np.flatnonzero(labels[task] == c) for c in (1.0, 0.0)]
-                want = [k - k // 2, k // 2]
-                if min(len(c) for c in classes) < k // 2:  # a rare class: all of it, the rest from the other
-                    small = int(np.argmin([len(c) for c in classes]))
-                    want[small], want[1 - small] = len(classes[small]), k - len(classes[small])
-                out[task] = np.concatenate([rng.permutation(c)[:w] for c, w in zip(classes, want)])
-            else:
-                out[task] = rng.permutation(n)[:k]
-        return out
-
-    def _plan(self, encoded, epoch):
-        """This epoch's batches: (task, sample indices), one task per batch, tasks interleaved. Within windows
-        of ``length_bucket_batches`` batches, samples are sorted by length, so a batch pads little."""
-        rng = np.random.default_rng([self.seed, epoch, 1])
-        size = self.config["train_batch_size"] * self.accelerator.num_processes
-        window = size * max(1, self.config["length_bucket_batches"] or 1)
-        plan = []
-        for task, idx in self._selection(encoded["sizes"], encoded["labels"], epoch).items():
-            idx = rng.permutation(idx)
-            lengths = encoded["slot"][task]
-            for w in range(0, len(idx), window):
-                chunk = sorted(idx[w:w + window], key=lambda i: len(lengths[int(i)].input_ids))
-                plan += [(task, np.array(chunk[i:i + size])) for i in range(0, len(chunk), size)]
-        rng.shuffle(plan)
-        return plan
 
     # ---- training ------------------------------------------------------------------------------------
     def _cf_tables(self, train_data, valid_data):
@@ -226,62 +161,81 @@ class CKFTrainer(AbstractTrainer):
         return keys[0], metric not in smaller_metrics
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        config, model, acc = self.config, self.model, self.accelerator
+        """Train CKF: the backbone's tables (or a resumed run's state), the task samples, then the epochs, each
+        followed by a validation (every ``eval_step`` epochs and after the last) and a ``last`` checkpoint."""
         if self.builder is None:
             self.setup(train_data, valid_data)
         self.valid_data = valid_data
-        state = None
+        state = self._start_or_resume(train_data, valid_data)
+        encoded, valid = self._build_samples(valid_data)
+        optimizer, scheduler, params, micro_steps = self._optimizer(encoded)
+        wrapped, optimizer, scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
+        progress = _Progress() if state is None else self._restore(state, optimizer, scheduler)
+        for epoch in range(progress.start, self.config["epochs"]):
+            progress.step, _ = self._train_epoch(epoch, encoded, wrapped, optimizer, scheduler, params, progress.step,
+                                                 micro_steps, show_progress)
+            self.log_memory(f"training epoch {epoch}")
+            stop = self._validate_epoch(epoch, valid, progress, saved, show_progress)
+            if saved and self.accelerator.is_main_process:
+                self._save_last(epoch, progress, optimizer, scheduler)
+            if stop:
+                self.logger.info(f"early stopping after epoch {epoch}: no improvement for {progress.patience} "
+                                 f"evaluations")
+                break
+        if saved and valid is None and self.accelerator.is_main_process:
+            save_checkpoint(self.model, self.best_path)
+        self.best_valid_score = progress.best if progress.best is not None else -1
+        self.best_valid_result = progress.best_result
+        return self.best_valid_score, self.best_valid_result
+
+    def _start_or_resume(self, train_data, valid_data):
+        """A resumed run's trainer state (its ``last`` checkpoint loaded into the model), or None after the CF
+        backbone's tables are set (trained here, or loaded from ``backbone_checkpoint``)."""
+        model = self.model
         self.logger.info(f"run folder: {self.run_dir} (an interrupted run continues with --resume={self.run_dir})")
-        if config["resume"]:  # checked by quick_start.check_run_inputs: the run folder has a complete last/
+        state = None
+        if self.config["resume"]:  # checked by quick_start.check_run_inputs: the run folder has a complete last/
             state = load_checkpoint(model, self.last_path)
             self.logger.info(f"resuming from {self.last_path} (epoch {state['epoch'] + 1})")
         else:
             tables = self._cf_tables(train_data, valid_data)
             model.set_cf_tables(tables.user_emb, tables.item_emb)
-            self.logger.info(f"backbone {tables.model_name}: tables {tuple(tables.user_emb.shape)}, {tuple(tables.item_emb.shape)}")
+            self.logger.info(f"backbone {tables.model_name}: tables {tuple(tables.user_emb.shape)}, "
+                             f"{tuple(tables.item_emb.shape)}")
             self.log_memory("the backbone")
         model.to(self.device)
+        return state
+
+    def _build_samples(self, valid_data):
+        """The encoded training samples (cached) and the validation samples (None without a validation split)."""
         encoded = self._encoded_train()
         self._set_explanation_tokens(encoded)
-        valid = validation_split_samples(config, self.builder, valid_data) if valid_data is not None else None
+        valid = validation_split_samples(self.config, self.builder, valid_data) if valid_data is not None else None
         self.log_memory("building the task samples")
+        return encoded, valid
 
-        optimizer, scheduler, params, micro_steps = self._optimizer(encoded)
-        wrapped, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    def _validate_epoch(self, epoch, valid, progress, saved, show_progress):
+        """Validate after ``epoch`` when due (every ``eval_step`` epochs and after the last one: its training is
+        never thrown away); an improvement is saved as ``best``. Returns whether to stop early."""
+        config = self.config
+        if valid is None or not ((epoch + 1) % config["eval_step"] == 0 or epoch + 1 == config["epochs"]):
+            return False
+        score, result, scores = self._validate(valid, show_progress)
+        if progress.best is None or (score > progress.best if self._bigger else score < progress.best):
+            progress.best, progress.best_result, progress.patience, self.valid_scores = score, result, 0, scores
+            if saved and self.accelerator.is_main_process:
+                save_checkpoint(self.model, self.best_path, extra={"epoch": epoch, "valid": dict(result)})
+        else:
+            progress.patience += 1
+        return progress.patience >= config["stopping_step"]
 
-        start, best, best_result, patience, step = 0, None, {}, 0, 0
-        if state is not None:
-            start, best, best_result, patience, step = self._restore(state, optimizer, scheduler)
-        epochs = config["epochs"]
-        for epoch in range(start, epochs):
-            step, w = self._train_epoch(epoch, encoded, wrapped, optimizer, scheduler, params, step, micro_steps,
-                                        show_progress)
-            self.log_memory(f"training epoch {epoch}")
-            stop = False
-            # validate every eval_step epochs and after the last one (its training is never thrown away)
-            if valid is not None and ((epoch + 1) % config["eval_step"] == 0 or epoch + 1 == epochs):
-                score, result, scores = self._validate(valid, show_progress)
-                improved = best is None or (score > best if self._bigger else score < best)
-                if improved:
-                    best, best_result, patience, self.valid_scores = score, result, 0, scores
-                    if saved and acc.is_main_process:
-                        save_checkpoint(model, self.best_path, extra={"epoch": epoch, "valid": dict(result)})
-                else:
-                    patience += 1
-                stop = patience >= config["stopping_step"]
-            if saved and acc.is_main_process:
-                save_checkpoint(model, self.last_path, extra={"epoch": epoch}, trainer_state={
-                    "epoch": epoch, "step": step, "best": best, "best_result": best_result, "patience": patience,
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None})
-            if stop:
-                self.logger.info(f"early stopping after epoch {epoch}: no improvement for {patience} evaluations")
-                break
-        if saved and valid is None and acc.is_main_process:
-            save_checkpoint(model, self.best_path)
-        self.best_valid_score, self.best_valid_result = best if best is not None else -1, best_result
-        return self.best_valid_score, self.best_valid_result
+    def _save_last(self, epoch, progress, optimizer, scheduler):
+        """The ``last`` checkpoint: the model and everything ``--resume`` needs to replay the run exactly."""
+        save_checkpoint(self.model, self.last_path, extra={"epoch": epoch}, trainer_state={
+            "epoch": epoch, "step": progress.step, "best": progress.best, "best_result": progress.best_result,
+            "patience": progress.patience, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None})
 
     def _set_explanation_tokens(self, encoded):
         """``explanation_max_tokens: ~``: the 99th percentile of the training headlines' token counts, + 1."""
@@ -302,7 +256,7 @@ class CKFTrainer(AbstractTrainer):
         # model: all of them must, although activate() leaves only the batch's adapters requiring grad per step
         for p in lora + bridge:
             p.requires_grad_(True)
-        micro_steps = max(1, len(self._plan(encoded, 0)) * config["epochs"])  # batches over the run
+        micro_steps = max(1, len(epoch_plan(config, model.tasks, encoded, 0, acc.num_processes)) * config["epochs"])  # batches over the run
         # Accelerate's scheduler wrapper steps the schedule once per process at every optimizer step: count the
         # schedule in those units, so that N processes follow the very LR curve of one
         total = max(1, math.ceil(micro_steps / acc.gradient_accumulation_steps)) * acc.num_processes
@@ -324,13 +278,13 @@ class CKFTrainer(AbstractTrainer):
         start = state["epoch"] + 1
         if state["patience"] >= config["stopping_step"]:  # the run had stopped early: nothing left to train
             start = config["epochs"]
-        return start, state["best"], state["best_result"], state["patience"], state["step"]
+        return _Progress(start, state["best"], state["best_result"], state["patience"], state["step"])
 
     def _train_epoch(self, epoch, encoded, wrapped, optimizer, scheduler, params, step, micro_steps, show_progress):
         config, model, acc = self.config, self.model, self.accelerator
         model.train()
         t0, tokens, losses, w, per_task = time.time(), 0, [], 0.0, {}
-        plan = self._plan(encoded, epoch)
+        plan = epoch_plan(config, model.tasks, encoded, epoch, acc.num_processes)
         bar = tqdm(plan, desc=set_color(f"Train {epoch:>3}", "pink"), disable=not (show_progress and acc.is_main_process))
         for task, idx in bar:
             mine = idx[acc.process_index::acc.num_processes]
