@@ -5,12 +5,14 @@ same lists, rating RMSE) and the wall clock of each point (its log has the train
 
     python benchmarks/learning_curve.py --dataset amazon-instruments --points 48,192,768 --threads 1
 
-Writes ``benchmarks/results/learning_curve_<dataset>.json`` after every point (a stopped run keeps what it has)
+Writes ``benchmarks/results/learning_curve_<dataset>.json`` after every point (a stopped run keeps what it has;
+``--append`` adds points measured later, each with its own commit, machine and command)
 and ``learning_curve_<dataset>.png``. Validation users only (``valid_users``, the same users at every point);
 the test split is evaluated on a handful of users only because a run always ends with a test (not reported).
 """
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -60,8 +62,9 @@ def plot(store, path):
         ax.set_xlabel("training samples per task (1 epoch)")
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7)
-    fig.suptitle(f"CKF validation metrics vs budget: {store['dataset']}, {store['llm']}, "
-                 f"{store['machine'].get('torch_threads')} torch threads", fontsize=9)
+    threads = sorted({p["machine"].get("torch_threads") for p in points})
+    fig.suptitle(f"CKF validation metrics vs budget: {store['dataset']}, {store['llm']}, torch threads "
+                 f"{'/'.join(map(str, threads))}", fontsize=9)
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
@@ -75,6 +78,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--llm", default="gemma-3-270m", help="tiny: a smoke test of this script, not a result")
+    p.add_argument("--append", action="store_true", help="add the points to the stored file (same data set)")
     args = p.parse_args(argv)
     command = "python benchmarks/learning_curve.py " + " ".join(argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
@@ -84,14 +88,19 @@ def main(argv=None):
     path = os.path.join(RESULTS, f"learning_curve_{args.dataset}.json")
     if args.llm != "gemma-3-270m":
         path = os.path.join(tempfile.gettempdir(), f"learning_curve_{args.dataset}_{args.llm}.json")
-    store = {"dataset": args.dataset, "llm": args.llm, "machine": info, "command": command, "points": []}
+    store = {"dataset": args.dataset, "llm": args.llm, "points": []}
+    if args.append and os.path.isfile(path):
+        store = json.load(open(path))
+    # every point records the commit, machine and command it was measured with
+    point_info = {"machine": info, "command": command}
     work = tempfile.mkdtemp(prefix="recbole_ckf_curve_")
     try:
         for samples in (int(x) for x in args.points.split(",")):
-            store["points"].append(run_point(args.dataset, samples, args.epochs, args.llm, work))
+            store["points"].append(dict(run_point(args.dataset, samples, args.epochs, args.llm, work), **point_info))
+            store["points"].sort(key=lambda p: p["train_samples_per_task"])
             atomic_write_json(path, store)
             plot(store, path[:-5] + ".png")
-            print(f"{samples} samples per task: {store['points'][-1]}", flush=True)
+            print(f"{samples} samples per task done", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
