@@ -16,22 +16,18 @@ be loaded).
 import argparse
 import dataclasses
 import os
-import platform
 import statistics
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from common import RESULTS, machine_info  # noqa: E402  (puts the repository on sys.path, offline hub)
 
 import torch  # noqa: E402
 
 import recbole_ckf  # noqa: E402,F401
 from recbole_ckf.utils import atomic_write_json  # noqa: E402
 
-RESULT = os.path.join(REPO, "benchmarks", "results", "candidate_scoring.json")
+RESULT = os.path.join(RESULTS, "candidate_scoring.json")
 DEFAULT_SAMPLES = {"tiny": 16, "gemma-3-270m": 4}
 DEFAULT_REPEATS = {"tiny": 3, "gemma-3-270m": 1}  # timed runs of the batched scorer; the fastest counts
 
@@ -116,25 +112,9 @@ def bench_model(config, dataset, train_data, test_data, llm, n_samples, batch_si
     }
 
 
-def machine_info():
-    import transformers
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "processor": platform.processor() or platform.machine(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cuda": torch.cuda.is_available(),
-        "load_average_1m_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
-
-
 def table(rows, info):
     lines = [
-        f"machine: {info['cpu_count']} CPUs ({info['processor']}), torch {info['torch']} "
+        f"machine: {info['cpu_count']} CPUs ({info.get('cpu') or info.get('processor')}), torch {info['torch']} "
         f"({info['torch_threads']} threads), transformers {info['transformers']}, "
         f"1-min load at start {info['load_average_1m_at_start']}",
         f"{'model':<26} {'samples':>7} {'cands':>6} {'prompt tok':>10} {'batched c/s':>12} {'naive c/s':>10} "

@@ -6,7 +6,7 @@ explanation).
     python benchmarks/run_benchmarks.py --ckf                             # + CKF (Gemma-3-270M), 9-13 min/data set
     python benchmarks/run_benchmarks.py --ckf --ablations                 # + the four ablations (9-13 min each)
     python benchmarks/run_benchmarks.py --datasets amazon-instruments --skip-baselines \
-        --ckf-results benchmarks/results/ckf_amazon-instruments.json --variants no_cf,single_lora   # some only
+        --ckf-results benchmarks/results/ckf_amazon-instruments_main.log --variants no_cf,single_lora   # some only
     python benchmarks/run_benchmarks.py --ckf-results FILE [FILE ...]     # CKF numbers from an earlier run
     python benchmarks/run_benchmarks.py --datasets ml-100k --models BPR,LightGCN --epochs 50   # a part
 

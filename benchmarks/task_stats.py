@@ -41,12 +41,9 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import common  # noqa: E402  (puts the repository on sys.path, offline hub)
+from common import REPO, RESULTS  # noqa: E402
 
-RESULTS = os.path.join(REPO, "benchmarks", "results")
 JSON_PATH = os.path.join(RESULTS, "task_stats.json")
 MD_PATH = os.path.join(RESULTS, "task_stats.md")
 DATASETS = ("amazon-instruments", "ml-100k")
@@ -423,25 +420,11 @@ def markdown(result):
 
 
 def machine_info(loadavg_start):
-    import torch
-    import transformers
-
-    mem = None
-    try:
-        with open("/proc/meminfo") as f:
-            mem = round(int(f.readline().split()[1]) / 2 ** 20, 1)
-    except OSError:
-        pass
-    processor = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            processor = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), processor)
-    except OSError:
-        pass
-    return {"cpu_count": os.cpu_count(), "processor": processor, "machine": platform.machine(),
-            "memory_gib": mem, "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "loadavg_start": [round(x, 2) for x in loadavg_start], "shared": True}
+    """:func:`common.machine_info` plus this script's load averages (1/5/15 min)."""
+    info = common.machine_info()
+    info.update(processor=info["cpu"], machine=platform.machine(),
+                loadavg_start=[round(x, 2) for x in loadavg_start], shared=True)
+    return info
 
 
 def main():
