@@ -29,7 +29,12 @@ DRIVER = textwrap.dedent("""
     from recbole_ckf.model.ckf import CKF
     from recbole_ckf.trainer import trainer
 
-    fit, forward, steps = trainer.CKFTrainer.fit, CKF.forward, []
+    fit, forward, steps, lrs = trainer.CKFTrainer.fit, CKF.forward, [], []
+    adamw_step = torch.optim.AdamW.step
+
+    def recorded_step(self, *args, **kwargs):  # the learning rates every optimizer step uses
+        lrs.append([group["lr"] for group in self.param_groups])
+        return adamw_step(self, *args, **kwargs)
 
     def recorded_forward(self, batch, slotted=True):
         steps.append((batch["task"], slotted, batch["users"].tolist()))
@@ -40,12 +45,14 @@ DRIVER = textwrap.dedent("""
         model, acc = self.model, self.accelerator
         torch.save({{"lora": lora_state_dict(model.llm), "bridge": model.bridge.state_dict(),
                     "user": model.user_table.cpu(), "item": model.item_table.cpu(), "run_dir": self.run_dir,
-                    "processes": acc.num_processes, "type": str(acc.distributed_type), "steps": steps}},
+                    "processes": acc.num_processes, "type": str(acc.distributed_type), "steps": steps,
+                    "lrs": lrs}},
                    f"rank{{acc.process_index}}.pt")
         return out
 
     trainer.CKFTrainer.fit = fit_and_dump
     CKF.forward = recorded_forward
+    torch.optim.AdamW.step = recorded_step
     sys.argv = [os.path.join({repo!r}, "run_recbole_ckf.py")] + sys.argv[1:]
     runpy.run_path(sys.argv[0], run_name="__main__")
 """)
@@ -57,24 +64,30 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _args(tmp_path, batch_size):
+    return ["--model=CKF", "--dataset=amazon-instruments", "--llm=tiny", f"--llm_cache_dir={tmp_path / 'cache'}",
+            "--use_gpu=False", "--epochs=2", "--eval_step=2", "--train_samples_per_task=8",
+            f"--train_batch_size={batch_size}", "--valid_users=8", "--eval_users=8", "--explanation_max_tokens=3",
+            "--show_progress=False", "--state=INFO",
+            "--backbone_config={'embedding_size': 16, 'epochs': 1, 'train_batch_size': 8192, 'n_layers': 1}"]
+
+
+def _env(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
+               HF_HOME=str(tmp_path / "hf"))  # no accelerate config file of the machine applies
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        env.pop(key, None)
+    return env
+
+
 def test_two_process_cpu_run(tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(repo=REPO))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
-               HF_HOME=str(tmp_path / "hf"))  # no accelerate config file of the machine applies
-    env.pop("RANK", None)
-    env.pop("LOCAL_RANK", None)
-    env.pop("WORLD_SIZE", None)
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), str(driver),
-        "--model=CKF", "--dataset=amazon-instruments", "--llm=tiny", f"--llm_cache_dir={tmp_path / 'cache'}",
-        "--use_gpu=False", "--epochs=1", "--eval_step=1", "--train_samples_per_task=8", "--train_batch_size=2",
-        "--valid_users=8", "--eval_users=8", "--explanation_max_tokens=3", "--show_progress=False",
-        "--state=INFO", "--backbone_config={'embedding_size': 16, 'epochs': 1, 'train_batch_size': 8192, 'n_layers': 1}",
-    ]
-    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
+        "--main_process_port", str(_free_port()), str(driver), *_args(tmp_path, 2)]
+    run = subprocess.run(command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=420)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
 
@@ -91,7 +104,7 @@ def test_two_process_cpu_run(tmp_path):
     assert first["run_dir"] == second["run_dir"]  # one run folder, named by the main process
     # the same task and prompt form at every step, each process with its own share of the batch
     assert [s[:2] for s in first["steps"]] == [s[:2] for s in second["steps"]]
-    assert len(first["steps"]) == 4 * 2  # 8 samples per task, 2 per process and step
+    assert len(first["steps"]) == 2 * 4 * 2  # 2 epochs, 8 samples per task, 2 per process and step
     assert {s[0] for s in first["steps"]} == {"ctr", "sequential", "rating", "explanation"}
     assert all(len(a[2]) == len(b[2]) == 2 for a, b in zip(first["steps"], second["steps"]))
     assert any(a[2] != b[2] for a, b in zip(first["steps"], second["steps"]))
@@ -110,3 +123,17 @@ def test_two_process_cpu_run(tmp_path):
     assert len(runs) == 1 and sorted(os.listdir(runs[0])) == ["best", "last"]
     saved = torch.load(os.path.join(runs[0], "last", "adapters.pt"), weights_only=False)
     assert all(torch.equal(saved[n], first["lora"][n]) for n in saved)
+
+    # the learning rates: the very sequence of one process training the same global batches (2 x 2 = 4), although
+    # Accelerate's scheduler wrapper steps the schedule once per process at every optimizer step
+    single = tmp_path / "single"
+    single.mkdir()
+    run = subprocess.run([sys.executable, str(driver), *_args(tmp_path, 4)], cwd=single, env=_env(tmp_path),
+                         capture_output=True, text=True, timeout=420)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    one = torch.load(single / "rank0.pt", weights_only=False)
+    assert one["processes"] == 1 and len(one["lrs"]) == len(first["lrs"]) == 16
+    assert first["lrs"] == second["lrs"]
+    for a, b in zip(one["lrs"], first["lrs"]):
+        assert a == [float(x) for x in b] or all(abs(x - y) < 1e-12 for x, y in zip(a, b)), (one["lrs"], first["lrs"])
+    assert first["lrs"][-1][0] < first["lrs"][len(first["lrs"]) // 2][0]  # the cosine decays to the end

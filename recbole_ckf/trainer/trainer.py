@@ -258,9 +258,10 @@ class CKFTrainer(AbstractTrainer):
             p.requires_grad_(True)
         micro_steps = max(1, len(epoch_plan(config, model.tasks, encoded, 0, acc.num_processes)) * config["epochs"])  # batches over the run
         # Accelerate's scheduler wrapper steps the schedule once per process at every optimizer step: count the
-        # schedule in those units, so that N processes follow the very LR curve of one
-        total = max(1, math.ceil(micro_steps / acc.gradient_accumulation_steps)) * acc.num_processes
-        warmup = int(config["warmup_ratio"] * total)
+        # schedule in those units (warmup rounded in optimizer steps first), so that N processes follow the very
+        # LR curve of one
+        steps = max(1, math.ceil(micro_steps / acc.gradient_accumulation_steps))
+        total, warmup = steps * acc.num_processes, int(config["warmup_ratio"] * steps) * acc.num_processes
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, list(lr_lambdas(warmup, total, config["bridge_schedule"] or "constant"))[:len(groups)])
         return optimizer, scheduler, lora + bridge, micro_steps
