@@ -20,7 +20,6 @@ import torch
 
 from recbole_ckf.data.collate import collate
 from recbole_ckf.evaluator.inference import eval_mode, llm_device, prompt_only, to_device
-from recbole_ckf.model.multi_lora import activate
 
 
 def common_prefix(encoded, item_token_id):
@@ -52,8 +51,8 @@ def _masks(model, mask, queries, dtype):
     allowed = (k[None, :] <= q[:, None])[None] & real[:, None, :]
     allowed |= (~real[:, q])[:, :, None] & (k[None, None, :] == q[None, :, None])
     allowed = allowed.unsqueeze(1)
-    config = model.llm.get_base_model().config
-    if getattr(config, "_attn_implementation", "sdpa") != "sdpa":
+    config = model.decoder_config
+    if model.attention_implementation != "sdpa":
         allowed = torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed,
                                                                                           torch.finfo(dtype).min)
     types = getattr(config, "layer_types", None)
@@ -79,12 +78,11 @@ def _prefill(model, groups, slotted, device, extra=0):
     its user's prefix cache. Returns ``(hidden at each prompt's last token [G, H], cache, mask [G, K], last
     positions [G])`` in the order of the flattened groups, or None where the chunk cannot share (a group
     without common prefix, or the cache, with ``extra`` generated tokens, would reach the sliding window)."""
-    base = model.llm.get_base_model()
     pad = model.tokenizer.pad_token_id
     cuts = [common_prefix(g, model.item_token_id) for g in groups]
     width_p = max(cuts)
     width_s = max(len(e.input_ids) - n for g, n in zip(groups, cuts) for e in g)
-    window = getattr(base.config, "sliding_window", None)
+    window = getattr(model.decoder_config, "sliding_window", None)
     if min(cuts) == 0 or (window is not None and width_p + width_s + extra >= int(window)):
         return None
     heads = []
@@ -96,9 +94,7 @@ def _prefill(model, groups, slotted, device, extra=0):
     batch = to_device(dict(collate([h for _, h in heads], pad), input_ids=ids), device)
     embeds = model.input_embeddings(batch, slotted)
     pmask = pmask.to(device)
-    out = base.model(inputs_embeds=embeds, attention_mask=_masks(model, pmask, width_p, embeds.dtype),
-                     position_ids=pos.to(device), use_cache=True)
-    cache = out.past_key_values
+    _, cache = model.decoder_pass(embeds, _masks(model, pmask, width_p, embeds.dtype), pos.to(device))
     owner = torch.tensor([u for u, g in enumerate(groups) for _ in g], device=device)
     cache.batch_select_indices(owner)
     suffixes, starts = [], []
@@ -112,34 +108,15 @@ def _prefill(model, groups, slotted, device, extra=0):
     mask = torch.cat([pmask[owner], smask.to(device)], dim=1)
     pos = pos.to(device)
     embeds = model.input_embeddings(batch, slotted)
-    out = base.model(inputs_embeds=embeds, attention_mask=_masks(model, mask, width_s, embeds.dtype),
-                     position_ids=pos, past_key_values=cache, use_cache=True)
-    return out.last_hidden_state[:, -1], out.past_key_values, mask, pos[:, -1]
+    hidden, cache = model.decoder_pass(embeds, _masks(model, mask, width_s, embeds.dtype), pos, cache)
+    return hidden[:, -1], cache, mask, pos[:, -1]
 
 
 def _decode(model, state, stops, max_new_tokens):
-    """Greedy KV-cached decoding from a :func:`_prefill` state (the loop of ``greedy_decode``)."""
-    hidden, past, mask, positions = state
-    base = model.llm.get_base_model()
-    embed = base.get_input_embeddings()
-    stop_t = torch.tensor(stops, device=hidden.device)
-    done = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
-    rows = [[] for _ in range(hidden.shape[0])]
-    for step in range(int(max_new_tokens)):
-        next_ids = model.logits(hidden).argmax(-1)
-        for b in torch.nonzero(~done).flatten().tolist():
-            rows[b].append(int(next_ids[b]))
-        done |= torch.isin(next_ids, stop_t)
-        if bool(done.all()) or step + 1 == max_new_tokens:
-            break
-        positions = positions + 1
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        embeds = embed(next_ids[:, None])
-        out = base.model(inputs_embeds=embeds, attention_mask=_masks(model, mask, 1, embeds.dtype),
-                         position_ids=positions[:, None], past_key_values=past, use_cache=True)
-        past, hidden = out.past_key_values, out.last_hidden_state[:, -1]
-    stop_set = set(stops)
-    return [row[: next((j for j, t in enumerate(row) if t in stop_set), len(row))] for row in rows]
+    """Greedy KV-cached decoding from a :func:`_prefill` state (the model's greedy loop, with this module's
+    explicit masks at every step)."""
+    return model.greedy_decode(*state, stops, max_new_tokens,
+                               step_mask=lambda mask, dtype: _masks(model, mask, 1, dtype))
 
 
 def _chunks(samples, batch_size):
@@ -169,13 +146,13 @@ def answer_logits_by_user(model, encoder, samples, slotted=True, batch_size=16, 
     with eval_mode(model, autocast):
         encoded = [prompt_only(e) for e in encoder.encode_all(samples, slotted)]
         for chunk in _chunks(samples, batch_size):
-            activate(model.llm, task)
+            model.set_task(task)
             state = _prefill(model, [[encoded[k] for k in idx] for idx in chunk], slotted, device)
             flat = [k for idx in chunk for k in idx]
             if state is None:
                 rest += flat
                 continue
-            logits = model._choice_logits(state[0], {"task": task, "n_choices": None}).float().cpu()
+            logits = model.choice_logits(state[0], task).float().cpu()
             for k, row in zip(flat, logits):
                 out[k] = row
     if rest:
@@ -201,7 +178,7 @@ def explanations_by_user(model, encoder, samples, slotted=True, batch_size=16, m
     with eval_mode(model, autocast):
         encoded = encoder.encode_all(samples, slotted, with_answer=False)
         for chunk in _chunks(samples, batch_size):
-            activate(model.llm, "explanation")
+            model.set_task("explanation")
             state = _prefill(model, [[encoded[k] for k in idx] for idx in chunk], slotted, device, max_new_tokens)
             flat = [k for idx in chunk for k in idx]
             if state is None:

@@ -10,8 +10,10 @@ candidates share ONE prompt: a sample's prompt is encoded once, its history trun
 requires it) so that the *longest* candidate answer fits, the way training truncates prompt + answer; so the
 prompt never depends on which candidate is the true one.
 
-The batched scorer (:func:`score_candidates`) runs one forward pass per batch of samples over
-``[prompt, candidate 1, ..., candidate K]`` packed into one row, with a block attention mask: prompt tokens are
+The batched scorer (:func:`score_candidates`) packs each sample into one row
+``[prompt, candidate 1, ..., candidate K]`` and has the model score a batch of rows in one forward pass
+(:meth:`~recbole_ckf.model.ckf.CKF.packed_logprobs`, masks from :mod:`recbole_ckf.model.packing`), with a block
+attention mask: prompt tokens are
 causal among themselves, candidate k's tokens see the whole prompt and their own earlier tokens, never another
 candidate. Positions restart after the prompt for every candidate (``prompt_len + j``), so each candidate sees
 exactly the positions it would see alone. Sliding-window layers (Gemma-3: 5 of 6) get their own mask, where
@@ -35,13 +37,8 @@ import dataclasses
 import torch
 
 from recbole_ckf.data.collate import collate
-from recbole_ckf.errors import CKFError
 from recbole_ckf.evaluator.inference import batches, eval_mode, llm_device, n_batches, progress, prompt_only, \
     to_device
-from recbole_ckf.model.multi_lora import activate
-
-_LOGIT_CHUNK_ELEMENTS = 1 << 25  # rows x vocab per log-softmax chunk (Gemma: 128 rows, 128 MiB in float32)
-
 
 def encode_candidates(encoder, samples, slotted):
     """``[(prompt, answers), ...]`` per sample: the shared prompt (an ``Encoded`` without answer tokens) and the
@@ -66,68 +63,8 @@ def _reduce(logprobs, reduction):
     raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
-def _row_logprobs(model, hidden, rows, targets):
-    """log p(targets[i] | hidden[rows[i]]), log-softmax over the full vocabulary, chunked over unique rows."""
-    out = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
-    if not len(targets):
-        return out
-    rows = torch.as_tensor(rows, device=hidden.device)
-    targets = torch.as_tensor(targets, device=hidden.device)
-    unique, inverse = torch.unique(rows, return_inverse=True)
-    vocab = model.llm.get_base_model().lm_head.weight.shape[0]
-    chunk = max(1, _LOGIT_CHUNK_ELEMENTS // vocab)
-    for start in range(0, unique.numel(), chunk):
-        logp = model.logits(hidden[unique[start:start + chunk]]).log_softmax(-1)
-        sel = (inverse >= start) & (inverse < start + chunk)
-        out[sel] = logp[inverse[sel] - start, targets[sel]]
-    return out
-
-
-def _block_masks(seg, pos, config, attn_impl, dtype):
-    """The attention mask(s) of packed ``[prompt, candidate 1, ..., candidate K]`` rows.
-
-    ``seg``: 0 prompt, k >= 1 candidate block k, -1 padding; ``pos``: the position ids. Returns what the decoder
-    takes as ``attention_mask``: a dict keyed by layer type for decoders with ``config.layer_types`` (Gemma-3),
-    else one 4-D mask. Boolean (True = attend) for sdpa, additive for eager.
-    """
-    B, T = seg.shape
-    idx = torch.arange(T, device=seg.device)
-    valid = seg >= 0
-    causal = (idx[:, None] >= idx[None, :]).unsqueeze(0)
-    visible = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
-    allowed = causal & visible & valid[:, None, :] & valid[:, :, None]
-    allowed |= (~valid[:, :, None]) & torch.eye(T, dtype=torch.bool, device=seg.device)  # padding sees itself
-    window = getattr(config, "sliding_window", None)
-    layer_types = getattr(config, "layer_types", None)
-    if window is not None:
-        in_window = (pos[:, :, None] - pos[:, None, :]) < window
-        sliding = allowed & (in_window | ~valid[:, :, None])
-    else:
-        sliding = allowed
-
-    def fmt(mask):
-        mask = mask.unsqueeze(1)
-        if attn_impl == "sdpa":
-            return mask
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-
-    if layer_types:
-        masks = {"full_attention": fmt(allowed)}
-        if "sliding_attention" in layer_types:
-            masks["sliding_attention"] = fmt(sliding)
-        unknown = set(layer_types) - set(masks)
-        if unknown:
-            raise CKFError(f"llm: packed candidate scoring does not support the attention layer types "
-                           f"{sorted(unknown)} of this model")
-        return masks
-    uses_window = window is not None and getattr(config, "use_sliding_window", True)
-    return fmt(sliding if uses_window else allowed)
-
-
 def _packed_scores(model, prompts, answers, slotted, reduction, device):
     """Scores of one batch: ``prompts`` (Encoded, prompt only) and ``answers`` (per sample, per candidate ids)."""
-    base = model.llm.get_base_model()
-    attn_impl = getattr(base.config, "_attn_implementation", "sdpa")
     pad_id = model.tokenizer.pad_token_id
     prompt_batch = collate(prompts, pad_id)
     rows_ids, rows_seg, rows_pos = [], [], []
@@ -162,12 +99,7 @@ def _packed_scores(model, prompts, answers, slotted, reduction, device):
     batch = to_device(batch, device)
     seg, pos = seg.to(device), pos.to(device)
 
-    activate(model.llm, "sequential")
-    embeds = model.input_embeddings(batch, slotted)
-    mask = _block_masks(seg, pos, base.config, attn_impl, embeds.dtype)
-    hidden = base.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
-
-    # rows of `hidden` (flattened B*T) that predict each answer token
+    # rows of the packed hidden states (flattened B*T) that predict each answer token
     rows, targets, owner_of = [], [], []
     n_blocks = 0
     for b, enc in enumerate(prompts):
@@ -177,7 +109,7 @@ def _packed_scores(model, prompts, answers, slotted, reduction, device):
                 targets.append(tok)
                 owner_of.append(n_blocks)
             n_blocks += 1
-    logp = _row_logprobs(model, hidden.reshape(B * T, -1), rows, targets)
+    logp = model.packed_logprobs(batch, slotted, seg, pos, rows, targets)
     owner_of = torch.tensor(owner_of, device=logp.device)
     block_scores = [_reduce(logp[owner_of == k], reduction) for k in range(n_blocks)]
     out, k0 = [], 0
@@ -187,14 +119,6 @@ def _packed_scores(model, prompts, answers, slotted, reduction, device):
     return out
 
 
-def _check_attention(model):
-    impl = getattr(model.llm.get_base_model().config, "_attn_implementation", "sdpa")
-    if impl not in ("sdpa", "eager"):
-        raise CKFError(
-            f"llm: packed candidate scoring needs attn_implementation 'sdpa' or 'eager' (custom block masks), "
-            f"this model uses {impl!r}; load the model with sdpa or eager attention")
-
-
 def score_candidates(model, encoder, samples, slotted=True, batch_size=16, reduction="mean", autocast=False,
                      show_progress=False):
     """Score every candidate of every sequential sample in one batched pass per ``batch_size`` samples.
@@ -202,7 +126,7 @@ def score_candidates(model, encoder, samples, slotted=True, batch_size=16, reduc
     Returns a list (one entry per sample) of float32 CPU tensors ``[len(sample.candidates)]``: the mean (or sum,
     ``reduction="sum"``) log-probability of each candidate's answer tokens, in prompt order.
     """
-    _check_attention(model)
+    model.check_packed_attention()
     device = llm_device(model)
     scores = []
     with eval_mode(model, autocast):

@@ -30,7 +30,8 @@ def prompt_only(enc):
 
 
 def llm_device(model):
-    return next(model.llm.parameters()).device
+    """Where the model's batches go (``model.lm_device``)."""
+    return model.lm_device
 
 
 def to_device(batch, device):

@@ -24,6 +24,9 @@ from recbole_ckf.data.templates import LABELS, PromptRenderer
 from recbole_ckf.model.llm import ITEM_TOKEN, TINY_LABEL, USER_TOKEN, answer_token_ids, load_llm, resolve_precision
 from recbole_ckf.model.meta_network import MetaNetworkBridge, inject_slots
 from recbole_ckf.model.multi_lora import activate, attach_multi_lora, trainable_lora_parameters
+from recbole_ckf.model.packing import block_masks, check_packed_attention
+
+_LOGIT_CHUNK_ELEMENTS = 1 << 25  # rows x vocab per log-softmax chunk (Gemma: 128 rows, 128 MiB in float32)
 
 
 class CKF(GeneralRecommender):
@@ -148,7 +151,7 @@ class CKF(GeneralRecommender):
         task = batch["task"]
         if task in self.answer_ids and self.config["restricted_loss"] is not False:
             rows = torch.arange(hidden.shape[0], device=hidden.device)
-            logits = self._choice_logits(hidden[rows, batch["prompt_len"] - 1], batch)
+            logits = self.choice_logits(hidden[rows, batch["prompt_len"] - 1], task, batch.get("n_choices"))
             answer = batch["labels"][rows, batch["prompt_len"]]
             targets = (answer[:, None] == torch.as_tensor(self.answer_ids[task], device=answer.device)).float().argmax(-1)
             return F.cross_entropy(logits, targets)
@@ -156,22 +159,127 @@ class CKF(GeneralRecommender):
         where = targets != -100
         return F.cross_entropy(self.logits(hidden[:, :-1][where]), targets[where])
 
-    def _choice_logits(self, hidden, batch):
-        """Logits over the task's answer set; letters past a sample's number of candidates are masked."""
-        logits = self.logits(hidden, self.answer_ids[batch["task"]])
-        n = batch.get("n_choices")
-        if n is not None:
-            logits = logits.masked_fill(torch.arange(logits.shape[1], device=logits.device) >= n[:, None].to(
+    # ---- scoring (deterministic): what the evaluator calls ------------------------------------------
+    @property
+    def lm_device(self):
+        """The device of the LLM's weights (where batches go)."""
+        return next(self.llm.parameters()).device
+
+    @property
+    def decoder_config(self):
+        """The LLM's config (``layer_types``, ``sliding_window``), for callers that build attention masks."""
+        return self.llm.get_base_model().config
+
+    @property
+    def attention_implementation(self):
+        """The LLM's attention implementation ('sdpa', 'eager', ...): the mask format its decoder takes."""
+        return getattr(self.decoder_config, "_attn_implementation", "sdpa")
+
+    def set_task(self, task):
+        """Activate the shared adapter and ``task``'s adapter for the passes that follow."""
+        activate(self.llm, task)
+
+    def embed_tokens(self, ids):
+        """Plain input embeddings of token ids (no slots): the tokens fed while decoding."""
+        return self.llm.get_base_model().get_input_embeddings()(ids)
+
+    def decoder_pass(self, embeds, attention_mask, position_ids, past_key_values=None, use_cache=True):
+        """One pass of the decoder (no LM head; the active adapters) over ``inputs_embeds`` [B, T, H].
+        ``attention_mask``: a 2-D padding mask, or the 4-D mask(s) per layer type the caller built; with
+        ``past_key_values`` the pass continues that cache. Returns ``(last hidden states [B, T, H], cache)``."""
+        out = self.llm.get_base_model().model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                              position_ids=position_ids, past_key_values=past_key_values,
+                                              use_cache=use_cache)
+        return out.last_hidden_state, out.past_key_values
+
+    def choice_logits(self, hidden, task, n_choices=None):
+        """[N, C] logits of ``task``'s answer set at ``hidden`` [N, H]; with ``n_choices`` [N], the letters past
+        a sample's number of candidates are masked (-inf)."""
+        logits = self.logits(hidden, self.answer_ids[task])
+        if n_choices is not None:
+            logits = logits.masked_fill(torch.arange(logits.shape[1], device=logits.device) >= n_choices[:, None].to(
                 logits.device), float("-inf"))
         return logits
 
-    # ---- scoring (deterministic) ---------------------------------------------------------------------
     @torch.no_grad()
     def answer_logits(self, batch, slotted=True):
         """[B, C] logits of the task's answer set at the answer position (ctr: Yes, No; rating: 1..5;
         listwise sequential: the candidate letters, -inf past each sample's candidates)."""
         hidden = self.hidden_states(batch, slotted)
-        return self._choice_logits(hidden[torch.arange(hidden.shape[0]), batch["prompt_len"] - 1], batch)
+        return self.choice_logits(hidden[torch.arange(hidden.shape[0]), batch["prompt_len"] - 1], batch["task"],
+                                  batch.get("n_choices"))
+
+    def token_logprobs(self, hidden, rows, targets):
+        """[len(targets)] float32: log p(targets[i] | hidden[rows[i]]), log-softmax over the full vocabulary,
+        computed in chunks over the unique rows (a few full-vocabulary rows at a time)."""
+        out = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
+        if not len(targets):
+            return out
+        rows = torch.as_tensor(rows, device=hidden.device)
+        targets = torch.as_tensor(targets, device=hidden.device)
+        unique, inverse = torch.unique(rows, return_inverse=True)
+        vocab = self.llm.get_base_model().lm_head.weight.shape[0]
+        chunk = max(1, _LOGIT_CHUNK_ELEMENTS // vocab)
+        for start in range(0, unique.numel(), chunk):
+            logp = self.logits(hidden[unique[start:start + chunk]]).log_softmax(-1)
+            sel = (inverse >= start) & (inverse < start + chunk)
+            out[sel] = logp[inverse[sel] - start, targets[sel]]
+        return out
+
+    def check_packed_attention(self):
+        """Raise a CKFError where this LLM's attention cannot take the masks of :meth:`packed_logprobs`."""
+        check_packed_attention(self.attention_implementation)
+
+    @torch.no_grad()
+    def packed_logprobs(self, batch, slotted, segments, positions, rows, targets):
+        """Packed candidate scoring (sequential task, title answers): ONE decoder pass over rows that pack
+        ``[prompt, candidate 1, ..., candidate K]`` (``batch["input_ids"]`` [B, T]; ``segments`` [B, T]: 0 prompt,
+        k candidate block k, -1 padding; ``positions`` [B, T]: position ids, restarting after the prompt for each
+        candidate), with block attention (:func:`~recbole_ckf.model.packing.block_masks`). Returns
+        :meth:`token_logprobs` at ``rows`` of the flattened [B * T] hidden states."""
+        self.set_task("sequential")
+        embeds = self.input_embeddings(batch, slotted)
+        mask = block_masks(segments, positions, self.decoder_config, self.attention_implementation, embeds.dtype)
+        hidden, _ = self.decoder_pass(embeds, mask, positions, use_cache=False)
+        return self.token_logprobs(hidden.reshape(hidden.shape[0] * hidden.shape[1], -1), rows, targets)
+
+    @torch.no_grad()
+    def generate(self, batch, slotted, max_new_tokens, stops, task="explanation"):
+        """Greedy decoding (KV cache) of LEFT-padded prompts (``batch["attention_mask"]`` 0 on the left; positions
+        from the mask, so a padded prompt generates what it generates alone): the new token ids per sample, cut
+        before the first of ``stops``."""
+        self.set_task(task)
+        embeds = self.input_embeddings(batch, slotted)
+        mask = batch["attention_mask"]
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden, past = self.decoder_pass(embeds, mask, position_ids)
+        return self.greedy_decode(hidden[:, -1], past, mask, position_ids[:, -1], stops, max_new_tokens)
+
+    @torch.no_grad()
+    def greedy_decode(self, hidden, past, mask, positions, stops, max_new_tokens, step_mask=None):
+        """The greedy loop from a prefilled state: ``hidden`` [B, H] at each prompt's last token, its cache
+        ``past``, the 2-D ``mask`` of the cached columns and the last ``positions`` [B]. One decoder step per new
+        token, the LM head at that one position only (Gemma's 262k-token head over every prompt position would
+        cost gigabytes). ``step_mask(mask, dtype)``, where given, builds each step's attention mask from the 2-D
+        mask (default: the 2-D mask itself). Returns the new token ids per sample, cut before the first stop."""
+        stop_t = torch.tensor(stops, device=hidden.device)
+        done = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+        rows = [[] for _ in range(hidden.shape[0])]
+        for step in range(int(max_new_tokens)):
+            next_ids = self.logits(hidden).argmax(-1)
+            for b in torch.nonzero(~done).flatten().tolist():
+                rows[b].append(int(next_ids[b]))
+            done |= torch.isin(next_ids, stop_t)
+            if bool(done.all()) or step + 1 == max_new_tokens:
+                break
+            positions = positions + 1
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            embeds = self.embed_tokens(next_ids[:, None])
+            out, past = self.decoder_pass(embeds, mask if step_mask is None else step_mask(mask, embeds.dtype),
+                                          positions[:, None], past)
+            hidden = out[:, -1]
+        stop_set = set(stop_t.tolist())
+        return [row[: next((j for j, t in enumerate(row) if t in stop_set), len(row))] for row in rows]
 
     @torch.no_grad()
     def predict_ctr(self, batch, slotted=True):
