@@ -16,9 +16,10 @@ item titles from a meta file) use ``python -m recbole_ckf.data.convert_amazon``.
 """
 
 import argparse
-import importlib.util
+import importlib
 import os
 import sys
+import types
 
 DATASET = "amazon-instruments"
 
@@ -30,16 +31,18 @@ DEFAULT_OUT = os.path.join(_REPO_ROOT, "dataset", DATASET)
 
 
 def _load_converter():
-    """``recbole_ckf/data/convert_amazon.py`` as a module, without importing the package (and so RecBole)."""
+    """``recbole_ckf/data/convert_amazon.py`` as a module, without importing the package (and so RecBole): its
+    folder stands in as a bare package (no ``__init__`` run), so that its relative imports of ``amazon_reader``
+    and ``amazon_writer`` find them."""
     name = "recbole_ckf.data.convert_amazon"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(
-        "_recbole_ckf_convert_amazon", os.path.join(_REPO_ROOT, "recbole_ckf", "data", "convert_amazon.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    package = "_recbole_ckf_data"
+    if package not in sys.modules:
+        bare = types.ModuleType(package)
+        bare.__path__ = [os.path.join(_REPO_ROOT, "recbole_ckf", "data")]
+        sys.modules[package] = bare
+    return importlib.import_module(package + ".convert_amazon")
 
 
 _converter = _load_converter()
