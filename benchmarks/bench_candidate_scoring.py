@@ -69,7 +69,7 @@ def _samples(config, dataset, train_data, test_data, model, n):
 
 def bench_model(config, dataset, train_data, test_data, llm, n_samples, batch_size, repeats):
     from recbole_ckf.data.collate import Encoder
-    from recbole_ckf.evaluator.candidate_scoring import encode_candidates, score_candidates, score_candidates_naive
+    from recbole_ckf.evaluator.sequential import encode_candidates, score_candidates, score_candidates_naive
 
     model, load_s = _model(config, dataset, train_data, llm)
     encoder = Encoder(model.tokenizer, model.renderer, config["max_length"])

@@ -11,7 +11,7 @@ quietened) this builds RecBole's split (``load_data``) and CKF's task samples ex
   own ``PromptRenderer`` / ``Encoder`` with the training-split item texts of ``build_item_texts``, the way each
   path encodes them: training samples and valid/test ctr/rating samples with their answer
   (``Encoder.encode_all``), valid/test sequential prompts so that the longest candidate answer fits
-  (``candidate_scoring.encode_candidates``), valid/test explanation prompts without an answer (as greedy decoding
+  (``sequential.encode_candidates``), valid/test explanation prompts without an answer (as greedy decoding
   sees them). Prompt lengths count ``<bos>``; answer lengths count the ``<eos>`` that sequential and
   explanation answers end with. Lengths are those after any truncation;
 * how many samples hit ``max_length`` and lost history (oldest items dropped by the ``Encoder``), how many
@@ -93,7 +93,7 @@ def gemma_tokenizer(folder):
 
 def _encode_chunk(encoder, task, split, chunk):
     """``[(prompt_len, answer_len, shown_history, packed_len or None), ...]`` for one chunk of samples."""
-    from recbole_ckf.evaluator.candidate_scoring import encode_candidates
+    from recbole_ckf.evaluator.sequential import encode_candidates
 
     if split != "train" and task == "sequential":
         out = []

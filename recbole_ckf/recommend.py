@@ -221,7 +221,7 @@ class Recommender:
     def _title_scores(self, samples):
         """:func:`score_candidates` of ``samples``, fed in order of their packed row length (so a batch of many
         users holds rows of similar length) and returned in the given order."""
-        from recbole_ckf.evaluator.candidate_scoring import encode_candidates, score_candidates
+        from recbole_ckf.evaluator.sequential import encode_candidates, score_candidates
 
         slotted = bool(self.model.use_cf)
         if len(samples) > 1:
@@ -240,7 +240,7 @@ class Recommender:
     def ckf_scores_many(self, requests):
         """Stage 2 (``ckf``) for ``requests = [(user, items), ...]``: per request, CKF's listwise score of each
         of ``items`` (see the module docstring). All requests' prompts go through the LM together."""
-        from recbole_ckf.evaluator.inference import predict_answer_logits
+        from recbole_ckf.evaluator.pointwise import predict_answer_logits
 
         model = self.model
         samples, owner = [], []
@@ -271,7 +271,7 @@ class Recommender:
         ``shared``: a user's prompts run their common prefix once (:mod:`recbole_ckf.recommend_shared`)."""
         import torch
         from recbole_ckf.evaluator.calibration import apply_linear, apply_platt
-        from recbole_ckf.evaluator.inference import predict_answer_logits
+        from recbole_ckf.evaluator.pointwise import predict_answer_logits
         from recbole_ckf.recommend_shared import answer_logits_by_user
         model = self.model
         adjust = self.meta.get("adjust") or {}
@@ -297,7 +297,7 @@ class Recommender:
 
     def explanations(self, pairs, shared=False):
         """The one-line explanation of each of ``pairs = [(user, item), ...]`` (None without the task)."""
-        from recbole_ckf.evaluator.generation import generate_explanations
+        from recbole_ckf.evaluator.explanation import generate_explanations
         from recbole_ckf.recommend_shared import explanations_by_user
         model = self.model
         if "explanation" not in model.tasks or not pairs:

@@ -4,7 +4,7 @@ explanation) differ only after the user's history ("User <u> rated: ... . How ma
 only each item's remaining tokens are run (about half the prompt tokens of the top-k at the default settings).
 Several users go through one forward pass (``batch_size`` prompts, at least one user's), their prefixes and
 suffixes left-padded; explanations are decoded for all of them together (KV-cached greedy, as
-:func:`~recbole_ckf.evaluator.generation.greedy_decode`).
+:meth:`~recbole_ckf.model.ckf.CKF.greedy_decode`).
 
 Exact by construction, up to float rounding: the prompts are encoded exactly as the plain path encodes them
 (truncation included); the prefix is their longest common token prefix with the same items in its slots (every
@@ -19,7 +19,7 @@ import dataclasses
 import torch
 
 from recbole_ckf.data.collate import collate
-from recbole_ckf.evaluator.inference import eval_mode, llm_device, prompt_only, to_device
+from recbole_ckf.evaluator.common import eval_mode, llm_device, prompt_only, to_device
 
 
 def common_prefix(encoded, item_token_id):
@@ -138,7 +138,7 @@ def _chunks(samples, batch_size):
 def answer_logits_by_user(model, encoder, samples, slotted=True, batch_size=16, autocast=False):
     """``predict_answer_logits`` of ``samples`` (one task with a fixed answer set), each user's prompts sharing
     their prefix; chunks that cannot share go through ``predict_answer_logits`` together."""
-    from recbole_ckf.evaluator.inference import predict_answer_logits
+    from recbole_ckf.evaluator.pointwise import predict_answer_logits
 
     out, rest = [None] * len(samples), []
     device = llm_device(model)
@@ -166,8 +166,8 @@ def explanations_by_user(model, encoder, samples, slotted=True, batch_size=16, m
                          autocast=False):
     """``generate_explanations`` of ``samples``, each user's prompts sharing their prefix; chunks that cannot
     share go through ``generate_explanations`` together."""
-    from recbole_ckf.evaluator.generation import DEFAULT_EXPLANATION_TOKENS, generate_explanations
-    from recbole_ckf.evaluator.inference import config_value
+    from recbole_ckf.evaluator.common import config_value
+    from recbole_ckf.evaluator.explanation import DEFAULT_EXPLANATION_TOKENS, generate_explanations
 
     max_new_tokens = int(max_new_tokens or config_value(model.config, "explanation_max_tokens",
                                                         DEFAULT_EXPLANATION_TOKENS))

@@ -156,8 +156,9 @@ def test_shared_prefix_equals_the_plain_scorers(run):
     """Each user's top-k prompts of a task, their common prefix run once (recommend_shared; several users per
     forward pass, left-padded), against the evaluator's plain functions: same logits and explanations; the
     prefix ends right before the prompts' own item slot (every slot is the same placeholder token)."""
-    from recbole_ckf.evaluator.generation import generate_explanations
-    from recbole_ckf.evaluator.inference import predict_answer_logits, prompt_only
+    from recbole_ckf.evaluator.common import prompt_only
+    from recbole_ckf.evaluator.explanation import generate_explanations
+    from recbole_ckf.evaluator.pointwise import predict_answer_logits
     from recbole_ckf.recommend_shared import _prefill, answer_logits_by_user, common_prefix, explanations_by_user
 
     rec = run["rec"]

@@ -14,9 +14,9 @@ from sklearn.metrics import roc_auc_score
 
 import recbole_ckf  # noqa: F401  (compatibility fixes before recbole)
 from recbole_ckf.evaluator import task_eval
-from recbole_ckf.evaluator.candidate_scoring import ranking_scores, score_candidates, score_candidates_naive
-from recbole_ckf.evaluator.generation import generate_explanations
-from recbole_ckf.evaluator.inference import predict_points
+from recbole_ckf.evaluator.explanation import generate_explanations
+from recbole_ckf.evaluator.pointwise import predict_points
+from recbole_ckf.evaluator.sequential import ranking_scores, score_candidates, score_candidates_naive
 from recbole_ckf.evaluator.task_eval import evaluate_tasks, format_results
 
 COLD = 5
@@ -208,7 +208,7 @@ def test_generation_left_padding_and_empty_texts(setup, monkeypatch):
     assert all(isinstance(t, str) for t in together)
 
     # decoding stops at eos or at a newline, whichever comes first
-    from recbole_ckf.evaluator import generation
+    from recbole_ckf.evaluator import explanation
 
     word = model.tokenizer("Great", add_special_tokens=False)["input_ids"]
     newline = model.tokenizer.encode("\n", add_special_tokens=False)[-1]
@@ -223,7 +223,7 @@ def test_generation_left_padding_and_empty_texts(setup, monkeypatch):
             out[b, script[b][min(k, len(script[b]) - 1)]] = 0.0
         return out
     monkeypatch.setattr(model, "logits", scripted_logits)
-    monkeypatch.setattr(generation, "length_sorted", lambda encoded: list(range(len(encoded))))
+    monkeypatch.setattr(explanation, "length_sorted", lambda encoded: list(range(len(encoded))))
     texts = generate_explanations(model, encoder, samples[:3], batch_size=3, max_new_tokens=len(word) + 2)
     assert texts == ["Great", "", "Great"]
     monkeypatch.undo()
@@ -240,7 +240,8 @@ def test_listwise_scores_equal_per_candidate_scores_of_the_same_labels(setup):
     """One pass per user gives each candidate the logit of its letter at the answer position: the same number
     as scoring that candidate's letter alone (prompt + letter, the training forward, full-vocabulary logits)."""
     from recbole_ckf.data.collate import collate
-    from recbole_ckf.evaluator.inference import predict_answer_logits, prompt_only
+    from recbole_ckf.evaluator.common import prompt_only
+    from recbole_ckf.evaluator.pointwise import predict_answer_logits
 
     s = setup
     model, encoder = s["model"], s["encoder"]

@@ -31,7 +31,7 @@ def blend_lists(ckf_scores, backbone_scores, w):
 
 
 def _ndcg_at(scores_list, positives, k=3):
-    from recbole_ckf.evaluator.candidate_scoring import rank_candidates
+    from recbole_ckf.evaluator.sequential import rank_candidates
 
     gains = []
     for scores, pos in zip(scores_list, positives):

@@ -26,9 +26,9 @@ and the backbone fusion fitted on validation scores (:func:`fit_adjustments`). R
 ``[uncalibrated]`` (ctr/rating before calibration), ``[backbone]`` (the frozen backbone's own ranking of the
 same lists) and ``[fusion]`` (``score_fusion: backbone``, see :mod:`~recbole_ckf.evaluator.fusion`).
 
-The scorers live beside this module: :mod:`~recbole_ckf.evaluator.inference` (ctr and rating),
-:mod:`~recbole_ckf.evaluator.candidate_scoring` (sequential), :mod:`~recbole_ckf.evaluator.generation`
-(explanation).
+The scorers live beside this module, one per task: :mod:`~recbole_ckf.evaluator.pointwise` (ctr and rating),
+:mod:`~recbole_ckf.evaluator.sequential` (listwise and by title), :mod:`~recbole_ckf.evaluator.explanation`
+(headline generation); they batch and collect, the model scores (:class:`~recbole_ckf.model.ckf.CKF`).
 
 GAUC needs users with several ctr test samples of both labels; with leave-one-out every user has one, so it is
 left out of the result and logged as "n/a". Where some users qualify, RecBole's GAUC gets ``rec.meanrank`` of
@@ -45,12 +45,13 @@ from recbole.evaluator import Evaluator
 from recbole.evaluator.collector import Collector, DataStruct
 
 import recbole_ckf.evaluator  # noqa: F401  (registers the text metrics into RecBole's registry)
-from recbole_ckf.evaluator.candidate_scoring import ranking_scores, score_candidates
-from recbole_ckf.evaluator.generation import DEFAULT_EXPLANATION_TOKENS, generate_explanations
 from recbole_ckf.evaluator.groups import DEFAULT_COLD_THRESHOLD, evaluate_by_group, split_by_activity
 from recbole_ckf.evaluator.calibration import apply_linear, apply_platt, fit_linear, fit_platt
 from recbole_ckf.evaluator.fusion import apply_pointwise, blend_lists, fit_list_weight, fit_pointwise
-from recbole_ckf.evaluator.inference import config_value
+from recbole_ckf.evaluator.common import config_value
+from recbole_ckf.evaluator.explanation import DEFAULT_EXPLANATION_TOKENS, generate_explanations
+from recbole_ckf.evaluator.pointwise import predict_answer_logits
+from recbole_ckf.evaluator.sequential import ranking_scores, score_candidates, score_listwise
 from recbole_ckf.evaluator.text_metrics import PRED_KEY, REF_KEY
 
 logger = logging.getLogger(__name__)
@@ -142,8 +143,6 @@ class TaskScores:
 def score_tasks(model, samples, encoder, config, slotted=True, show_progress=False, batch_size=None,
                 autocast=False):
     """Run the model over ``{task: [Sample, ...]}``: ``{task: TaskScores}`` (tasks without samples skipped)."""
-    from recbole_ckf.evaluator.inference import predict_answer_logits
-
     batch_size = int(batch_size or config_value(config, "eval_batch_size", 16))
     out = collections.OrderedDict()
     for task, task_samples in samples.items():
@@ -167,8 +166,7 @@ def score_tasks(model, samples, encoder, config, slotted=True, show_progress=Fal
             scores.backbone = model.backbone_scores(users, items)
         elif task == "sequential":
             if "sequential" in model.answer_ids:
-                logits = predict_answer_logits(*args, autocast, show_progress)
-                scores.raw = [row[: len(s.candidates)] for row, s in zip(logits, task_samples)]
+                scores.raw = score_listwise(*args, autocast, show_progress)
             else:
                 reduction = config_value(config, "sequential_score", "mean")
                 scores.raw = score_candidates(*args, reduction, autocast, show_progress)

@@ -1,4 +1,9 @@
-"""Sequential task: scoring the candidates of a sample by their likelihood as the answer.
+"""Sequential task: scoring the candidate list of a sample.
+
+Listwise (``sequential_answer: label``, :func:`score_listwise`): the logits of the candidate letters at the
+answer position, one pass per sample (the model's :meth:`~recbole_ckf.model.ckf.CKF.answer_logits`, as the
+pointwise tasks). By title (``sequential_answer: title``, :func:`score_candidates`): each candidate by its
+likelihood as the answer, as follows.
 
 Candidate c's answer is what the model is trained to write for it (see
 :meth:`~recbole_ckf.data.collate.Encoder.encode`): the tokens of ``renderer.answer`` (the item text), then
@@ -37,8 +42,9 @@ import dataclasses
 import torch
 
 from recbole_ckf.data.collate import collate
-from recbole_ckf.evaluator.inference import batches, eval_mode, llm_device, n_batches, progress, prompt_only, \
+from recbole_ckf.evaluator.common import batches, eval_mode, llm_device, n_batches, progress, prompt_only, \
     to_device
+from recbole_ckf.evaluator.pointwise import predict_answer_logits
 
 def encode_candidates(encoder, samples, slotted):
     """``[(prompt, answers), ...]`` per sample: the shared prompt (an ``Encoded`` without answer tokens) and the
@@ -117,6 +123,13 @@ def _packed_scores(model, prompts, answers, slotted, reduction, device):
         out.append(torch.stack([block_scores[k0 + o] for o in owners[b]]).cpu())
         k0 += len(blocks[b])
     return out
+
+
+def score_listwise(model, encoder, samples, slotted=True, batch_size=16, autocast=False, show_progress=False):
+    """Listwise sequential scores (``sequential_answer: label``): per sample, a float32 CPU tensor
+    ``[len(sample.candidates)]`` of its candidate letters' logits at the answer position, in prompt order."""
+    logits = predict_answer_logits(model, encoder, samples, slotted, batch_size, autocast, show_progress)
+    return [row[: len(s.candidates)] for row, s in zip(logits, samples)]
 
 
 def score_candidates(model, encoder, samples, slotted=True, batch_size=16, reduction="mean", autocast=False,

@@ -13,7 +13,7 @@ score 0, they are not dropped). Prompts are batched by length, so little of a ba
 import torch
 
 from recbole_ckf.data.collate import collate
-from recbole_ckf.evaluator.inference import batches, config_value, eval_mode, length_sorted, llm_device, \
+from recbole_ckf.evaluator.common import batches, config_value, eval_mode, length_sorted, llm_device, \
     n_batches, progress, to_device
 
 DEFAULT_EXPLANATION_TOKENS = 24
