@@ -8,7 +8,8 @@ stored decimals.
 The tiny LM is a random model: its numbers mean nothing as results, but they run through every step the Gemma
 numbers run through (data, split, backbone, task samples, training, calibration, fusion, evaluation), so a
 difference here says the pipeline changed. Numbers depend on the torch thread count (float rounding of
-parallel reductions): the check runs with the stored ``torch_threads``.
+parallel reductions) and can depend on the CPU's vector instructions: the check runs with the stored
+``torch_threads`` and fp32 weights, and the reference records the CPU it was stored on.
 """
 
 import argparse
@@ -33,8 +34,10 @@ def run(dataset, threads):
     here, work = os.getcwd(), tempfile.mkdtemp(prefix="recbole_ckf_check_")
     os.chdir(work)
     try:
+        # precision pinned: `auto` picks bf16 frozen weights on CPUs with AVX512-BF16 and fp32 elsewhere
         result = run_recbole_ckf("CKF", dataset, config_dict={"llm": "tiny", "show_progress": False,
-                                                              "state": "WARNING", "llm_cache_dir": work})
+                                                              "state": "WARNING", "llm_cache_dir": work,
+                                                              "precision": "fp32"})
     finally:
         os.chdir(here)
         shutil.rmtree(work, ignore_errors=True)
@@ -45,11 +48,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="amazon-instruments")
     p.add_argument("--update", action="store_true", help="store this checkout's numbers as the reference")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the stored ones, else 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the stored ones, else 1)")
     args = p.parse_args(argv)
     path = os.path.join(RESULTS, f"check_{args.dataset}_tiny.json")
     stored = json.load(open(path)) if os.path.isfile(path) else None
-    threads = args.threads or (stored or {}).get("machine", {}).get("torch_threads") or 2
+    threads = args.threads or (stored or {}).get("machine", {}).get("torch_threads") or 1
     result = run(args.dataset, threads)
     if args.update or stored is None:
         info = machine_info()
