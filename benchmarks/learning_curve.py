@@ -54,9 +54,6 @@ def plot(store, path):
         ax.plot(xs, [p["valid"].get(key) for p in points], "o-", label="CKF")
         if ref:
             ax.plot(xs, [p["valid"].get(ref) for p in points], "s--", label="backbone, same lists")
-        for name, value in store.get("references", {}).get(key, {}).items():
-            ax.axhline(value, ls=":", color="grey")
-            ax.annotate(name, (xs[0], value), fontsize=7, color="grey")
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.set_xlabel("training samples per task (1 epoch)")

@@ -13,17 +13,15 @@ import numpy as np
 import pytest
 import torch
 from recbole.data.interaction import Interaction
-from recbole.utils import get_trainer, init_seed
 
 from conftest import small_config
+from test_protocol import _train
 from recbole_ckf.config import Config
-from recbole_ckf.data import load_data
 from recbole_ckf.data.tasks import TaskBuilder, candidate_lists
 from recbole_ckf.evaluator.task_eval import TaskScores, task_metrics
 
 DATA = "amazon-instruments"
-RS = {"eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "RO", "group_by": "user", "mode": "uni9"},
-      "metric_decimal_place": 10}
+RS = {"eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "RO", "group_by": "user", "mode": "uni9"}}
 
 
 class _Texts(dict):
@@ -37,15 +35,11 @@ def bpr_on_rs():
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "argv", ["pytest"])
-        ckf_config = Config("CKF", DATA, config_dict=small_config(llm="tiny", sequential_answer="title", **RS))
+        ckf_config = Config("CKF", DATA, config_dict=small_config(llm="tiny", sequential_answer="title",
+                                                                metric_decimal_place=10, **RS))
         # BPR loads CKF's columns (the headlines too): one dataset, one split, read by both
-        config = Config("BPR", DATA, config_dict=small_config(load_col=ckf_config["load_col"], **RS))
-        init_seed(config["seed"], config["reproducibility"])
-        dataset, train_data, valid_data, test_data = load_data(config)
-        init_seed(config["seed"], config["reproducibility"])
-        model = config.model_class(config, train_data._dataset)
-        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-        trainer.fit(train_data, valid_data, saved=False, show_progress=False)
+        config, dataset, train_data, test_data, model, trainer = _train("BPR", DATA, load_col=ckf_config["load_col"],
+                                                                        **RS)
     return config, ckf_config, dataset, train_data, test_data, model, trainer
 
 
