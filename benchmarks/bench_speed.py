@@ -140,7 +140,7 @@ def train_speed(llm, n_steps, batch_size):
         if name.startswith("ckf"):
             model = _ckf(config, train_data, dataset)
             model.train()
-            lora, bridge = model.trainable_parameters()
+            lora, bridge, _ = model.trainable_parameters()
             params = lora + bridge
             for p in params:
                 p.requires_grad_(True)
@@ -221,7 +221,7 @@ def memory_probe(llm, n_steps, batch_size, n_users):
     model = _ckf(config, train_data, dataset)
     phases["load"] = peak_rss_gib()
     batches = _batches(config, dataset, train_data, model, n_steps, batch_size)
-    lora, bridge = model.trainable_parameters()
+    lora, bridge, _ = model.trainable_parameters()
     opt = torch.optim.AdamW(lora + bridge, lr=1e-4)
     model.train()
     for batch in batches:

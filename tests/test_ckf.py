@@ -88,9 +88,9 @@ def _batch(s, model, task, slotted, n=4):
 
 
 def _optimizer(model, lr=1e-3, weight_decay=0.01):
-    """AdamW over what CKF trains, as the trainer builds it (LoRA of every adapter; the bridge)."""
-    lora, bridge = model.trainable_parameters()
-    return torch.optim.AdamW([{"params": lora}, {"params": bridge}], lr=lr, weight_decay=weight_decay)
+    """AdamW over what CKF trains, as the trainer builds it (LoRA of every adapter; the bridge; the answer head)."""
+    lora, bridge, head = model.trainable_parameters()
+    return torch.optim.AdamW([{"params": lora}, {"params": bridge}, {"params": head}], lr=lr, weight_decay=weight_decay)
 
 
 def _snapshot(model):
@@ -106,8 +106,11 @@ def test_exactly_lora_and_bridge_require_gradients(setup):
     lora_ids = {id(p) for p in lora.values()}
     bridge_ids = {id(p) for p in model.bridge.parameters()}
     assert bridge_ids and not lora_ids & bridge_ids
-    trained_lora, trained_bridge = model.trainable_parameters()
+    head_ids = {id(p) for p in model.answer_head.parameters()}
+    assert len(head_ids) == len(model.answer_ids)  # one answer head per task with a one-token answer set
+    trained_lora, trained_bridge, trained_head = model.trainable_parameters()
     assert {id(p) for p in trained_lora} == lora_ids and {id(p) for p in trained_bridge} == bridge_ids
+    assert {id(p) for p in trained_head} == head_ids
 
     # the frozen CF tables are buffers, never parameters
     names = dict(model.named_parameters())
@@ -121,9 +124,9 @@ def test_exactly_lora_and_bridge_require_gradients(setup):
         grad = {n for n, p in model.named_parameters() if p.requires_grad}
         ever |= grad
         assert {_adapter_of(n) for n in grad if "lora_" in n} == {SHARED, task_adapter(task)}
-        assert {n for n in grad if "lora_" not in n} == {n for n in names if n.startswith("bridge.")}
+        assert {n for n in grad if "lora_" not in n} == {n for n in names if n.startswith(("bridge.", "answer_head."))}
         assert all(p.requires_grad for n, p in lora.items() if _adapter_of(n) in (SHARED, task_adapter(task)))
-    assert {id(names[n]) for n in ever} == lora_ids | bridge_ids  # no base LLM weight, ever
+    assert {id(names[n]) for n in ever} == lora_ids | bridge_ids | head_ids  # no base LLM weight, ever
 
 
 @pytest.mark.parametrize("slotted", [True, False], ids=["slotted", "text-only"])
@@ -155,7 +158,10 @@ def test_a_task_step_moves_its_adapters_and_the_bridge_only_when_slotted(setup, 
             assert any(n.startswith("bridge.meta_net.") for n in bridge_moved), task
         else:
             assert not bridge_moved and all(p.grad is None for p in model.bridge.parameters())
-        assert not {n for n in moved if "lora_" not in n and not n.startswith("bridge.")}  # base LLM frozen
+        # the answer head of this task moves (tasks with a one-token answer set), no other task's
+        assert {n for n in moved if n.startswith("answer_head.")} == (
+            {f"answer_head.{task}"} if task in model.answer_head else set()), task
+        assert not {n for n in moved if "lora_" not in n and not n.startswith(("bridge.", "answer_head."))}  # base LLM frozen
 
 
 # ---- where h_u and h_v go ---------------------------------------------------------------------------------------
@@ -306,7 +312,8 @@ class _Recorder:
 
 ABLATIONS = {
     "use_cf-off": {"use_cf": False},
-    "single-lora-no-metanet-bpr": {"multi_lora": False, "meta_network": False, "backbone": "BPR"},
+    "single-lora-no-metanet-bpr": {"multi_lora": False, "meta_network": False, "backbone": "BPR",
+                                   "answer_head": False},
 }
 
 
@@ -350,3 +357,8 @@ def test_ablation_switches_run_end_to_end(monkeypatch, name):
     else:
         assert not model.bridge.meta_network and not hasattr(model.bridge, "meta_net")
         assert not torch.equal(model.bridge.delta_W, torch.zeros_like(model.bridge.delta_W))  # the shared W learned
+    if switches.get("answer_head", True):  # ctr and rating learnt their answer rows
+        assert sorted(model.answer_head) == ["ctr", "rating"]
+        assert all(p.abs().sum() > 0 for p in model.answer_head.parameters())
+    else:
+        assert len(model.answer_head) == 0 and model.trainable_parameters()[2] == []

@@ -15,6 +15,7 @@ sampling), and unparseable answers cannot occur (answers are scored over fixed t
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType, ModelType
 
@@ -72,6 +73,13 @@ class CKF(GeneralRecommender):
         }
         if self.sequential_answer == "label":
             self.answer_ids["sequential"] = answer_token_ids(self.tokenizer, list(LABELS[: config["n_candidates"]]))
+        # answer_head: a trainable delta on the LM-head rows of each task's answer tokens (a learnt verbaliser).
+        # Its gradient (p - y) h reads the answer position's features directly, which LoRA alone could not do in a
+        # few hundred noisy ctr/rating steps. Written here: peft's trainable tokens would also change the tied
+        # input embedding of "Yes", "4", ... in every prompt; this changes the answer logits of one task only.
+        self.answer_head = nn.ParameterDict(
+            {task: nn.Parameter(torch.zeros(len(ids), self.hidden_size)) for task, ids in self.answer_ids.items()}
+            if config["answer_head"] else {})
         # The frozen CF tables e_u / e_v and the bridge are created by set_cf_tables (their size d comes
         # from the backbone).
         self.bridge = None
@@ -104,9 +112,9 @@ class CKF(GeneralRecommender):
                 token_norm=self.embed_norm, tied_init=self.config["bridge_tied_init"] is not False).to(self.user_table.device)
 
     def trainable_parameters(self):
-        """(LoRA parameters, bridge parameters): the only parameters CKF trains."""
+        """(LoRA parameters, bridge parameters, answer-head rows): the only parameters CKF trains."""
         bridge = list(self.bridge.parameters()) if (self.bridge is not None and self.use_cf) else []
-        return trainable_lora_parameters(self.llm), bridge
+        return trainable_lora_parameters(self.llm), bridge, list(self.answer_head.parameters())
 
     # ---- forward -------------------------------------------------------------------------------------
     def input_embeddings(self, batch, slotted):
@@ -129,13 +137,15 @@ class CKF(GeneralRecommender):
                       use_cache=False)
         return out.last_hidden_state
 
-    def logits(self, hidden, token_ids=None):
-        """LM-head logits of ``hidden`` [N, H], over the whole vocabulary or only over ``token_ids`` (float32)."""
+    def logits(self, hidden, token_ids=None, delta=None):
+        """LM-head logits of ``hidden`` [N, H], over the whole vocabulary or only over ``token_ids`` (float32);
+        ``delta`` [len(token_ids), H] is added to those rows (the answer head)."""
         head = self.llm.get_base_model().lm_head
         if token_ids is None:
             logits = (hidden @ head.weight.T).float()
         else:  # a handful of rows: cheap to take in float32
-            logits = hidden.float() @ head.weight[token_ids].float().T
+            rows = head.weight[token_ids].float()
+            logits = hidden.float() @ (rows if delta is None else rows + delta).T
         cap = getattr(self.llm.get_base_model().config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
@@ -195,7 +205,7 @@ class CKF(GeneralRecommender):
     def choice_logits(self, hidden, task, n_choices=None):
         """[N, C] logits of ``task``'s answer set at ``hidden`` [N, H]; with ``n_choices`` [N], the letters past
         a sample's number of candidates are masked (-inf)."""
-        logits = self.logits(hidden, self.answer_ids[task])
+        logits = self.logits(hidden, self.answer_ids[task], self.answer_head[task] if task in self.answer_head else None)
         if n_choices is not None:
             logits = logits.masked_fill(torch.arange(logits.shape[1], device=logits.device) >= n_choices[:, None].to(
                 logits.device), float("-inf"))

@@ -7,6 +7,7 @@ never sees a half-written one::
     <dir>/adapters.pt         LoRA weights of every adapter (shared + per task)
     <dir>/bridge.pt           meta-network bridge (MetaNet, Proj_user, Proj_item)
     <dir>/cf_tables.pt        frozen e_u / e_v tables of the backbone
+    <dir>/answer_head.pt      the answer-head rows per task (``answer_head: True``)
     <dir>/trainer_state.pt    optional: optimizer, scheduler, epoch, RNG states (for --resume)
 """
 
@@ -24,7 +25,7 @@ FILES = ("meta.json", "adapters.pt", "bridge.pt", "cf_tables.pt")
 _CONFIG_KEYS = ("llm", "tasks", "backbone", "use_cf", "meta_network", "multi_lora", "pooling", "lora_r_shared",
                 "lora_r_task", "lora_alpha", "lora_target_modules", "max_history", "pool_history", "prompt_templates",
                 "sequential_answer", "n_candidates", "prompt_stats", "exclude_own_review", "item_text_words",
-                "item_text_reviews", "ctr_threshold", "max_length", "explanation_max_tokens", "precision", "seed")
+                "item_text_reviews", "ctr_threshold", "max_length", "explanation_max_tokens", "precision", "answer_head", "seed")
 
 
 def save_checkpoint(model, path, trainer_state=None, extra=None):
@@ -43,6 +44,8 @@ def save_checkpoint(model, path, trainer_state=None, extra=None):
         torch.save(lora_state_dict(model.llm), os.path.join(tmp, "adapters.pt"))
         torch.save(model.bridge.state_dict(), os.path.join(tmp, "bridge.pt"))
         torch.save({"user": model.user_table.cpu(), "item": model.item_table.cpu()}, os.path.join(tmp, "cf_tables.pt"))
+        if len(model.answer_head):
+            torch.save(model.answer_head.state_dict(), os.path.join(tmp, "answer_head.pt"))
         if trainer_state is not None:
             torch.save(trainer_state, os.path.join(tmp, "trainer_state.pt"))
         with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
@@ -139,6 +142,10 @@ def load_checkpoint(model, path):
     try:
         model.bridge.load_state_dict(_load(path, "bridge.pt"))
         load_lora_state_dict(model.llm, _load(path, "adapters.pt"))
+        if len(model.answer_head) or os.path.isfile(os.path.join(path, "answer_head.pt")):
+            if not os.path.isfile(os.path.join(path, "answer_head.pt")):
+                raise ValueError("it has no answer head (answer_head.pt), the config asks for one (answer_head: True)")
+            model.answer_head.load_state_dict(_load(path, "answer_head.pt"))
     except (RuntimeError, ValueError) as err:
         raise CKFError(f"checkpoint '{path}' does not fit this model configuration: {str(err).splitlines()[0]}") from None
     state = os.path.join(path, "trainer_state.pt")

@@ -247,14 +247,16 @@ class CKFTrainer(AbstractTrainer):
 
     def _optimizer(self, encoded):
         config, model, acc = self.config, self.model, self.accelerator
-        lora, bridge = model.trainable_parameters()
+        lora, bridge, head = model.trainable_parameters()
         groups = [{"params": lora, "lr": config["learning_rate"], "weight_decay": config["weight_decay"]}]
         if bridge:
             groups.append({"params": bridge, "lr": config["bridge_learning_rate"], "weight_decay": config["weight_decay"]})
+        if head:  # the answer-head rows follow the adapters' schedule
+            groups.append({"params": head, "lr": config["answer_head_learning_rate"], "weight_decay": config["weight_decay"]})
         optimizer = torch.optim.AdamW(groups)
         # DDP registers (for its gradient all-reduce) only the parameters that require grad when it wraps the
         # model: all of them must, although activate() leaves only the batch's adapters requiring grad per step
-        for p in lora + bridge:
+        for p in lora + bridge + head:
             p.requires_grad_(True)
         micro_steps = max(1, len(epoch_plan(config, model.tasks, encoded, 0, acc.num_processes)) * config["epochs"])  # batches over the run
         # Accelerate's scheduler wrapper steps the schedule once per process at every optimizer step: count the
@@ -262,9 +264,10 @@ class CKFTrainer(AbstractTrainer):
         # LR curve of one
         steps = max(1, math.ceil(micro_steps / acc.gradient_accumulation_steps))
         total, warmup = steps * acc.num_processes, int(config["warmup_ratio"] * steps) * acc.num_processes
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, list(lr_lambdas(warmup, total, config["bridge_schedule"] or "constant"))[:len(groups)])
-        return optimizer, scheduler, lora + bridge, micro_steps
+        adapters_lr, bridge_lr = lr_lambdas(warmup, total, config["bridge_schedule"] or "constant")
+        lambdas = [adapters_lr] + ([bridge_lr] if bridge else []) + ([adapters_lr] if head else [])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        return optimizer, scheduler, lora + bridge + head, micro_steps
 
     def _restore(self, state, optimizer, scheduler):
         config, acc = self.config, self.accelerator
