@@ -123,8 +123,16 @@ CKF_CHOICES = {
 }
 
 
+# CKF's own learning rates (RecBole's learning_rate is checked with RecBole's keys)
+CKF_RATES = ("bridge_learning_rate", "answer_head_learning_rate")
+
+
 def check_ckf_choices(config):
     for key, choices in CKF_CHOICES.items():
         value = config[key]
         if value is not None and str(value) not in choices:
             raise CKFError(f"{key}: expected one of {', '.join(choices)}, got {_q(value)}")
+    for key in CKF_RATES:
+        value = config[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise CKFError(f"config key '{key}': expected a number > 0, got {_q(value)}")

@@ -232,6 +232,7 @@ MISTAKES = [
      "error: load_col: CKF's ctr task reads 'rating', but load_col.inter ['user_id', 'item_id', 'timestamp', "
      "'review', 'summary'] does not load it: add 'rating' to load_col.inter or choose other --tasks"),
     ("CKF", {"precision": "fp16"}, "error: precision: expected one of auto, fp32, bf16, got 'fp16'"),
+    ("CKF", {"answer_head_learning_rate": -1}, "error: config key 'answer_head_learning_rate': expected a number > 0, got -1"),
     ("CKF", {"sequential_answer": "letters"},
      "error: sequential_answer: expected one of label, title, got 'letters'"),
 ]
