@@ -14,6 +14,7 @@ import torch
 import recbole_ckf  # noqa: F401  (compatibility fixes before recbole)
 from conftest import small_config
 from recbole_ckf.data.collate import Encoder, collate
+from recbole_ckf.errors import CKFError
 from recbole_ckf.data.tasks import TaskBuilder, candidate_lists
 from recbole_ckf.model.multi_lora import (
     SHARED,
@@ -270,6 +271,18 @@ def test_save_load_predict_identical(setup):
     assert torch.equal(l_ctr, ctr) and torch.equal(l_rating, rating)
     assert _same(l_result, result)
     assert torch.equal(fresh.user_table, model.user_table) and torch.equal(fresh.item_table, model.item_table)
+
+    # a model built without an answer head refuses this checkpoint in one line, and the other way round
+    s["config"]["answer_head"] = False
+    try:
+        headless = s["make_model"]()
+    finally:
+        s["config"]["answer_head"] = True
+    with pytest.raises(CKFError, match=r"has an answer head \(answer_head.pt\), but answer_head is False"):
+        load_checkpoint(headless, str(path))
+    save_checkpoint(headless, str(s["tmp"] / "headless"))
+    with pytest.raises(CKFError, match=r"has no answer head \(answer_head.pt\): set --answer_head=False"):
+        load_checkpoint(s["make_model"](), str(s["tmp"] / "headless"))
 
 
 # ---- the ablation switches, end to end -------------------------------------------------------------------------------

@@ -142,9 +142,11 @@ def load_checkpoint(model, path):
     try:
         model.bridge.load_state_dict(_load(path, "bridge.pt"))
         load_lora_state_dict(model.llm, _load(path, "adapters.pt"))
-        if len(model.answer_head) or os.path.isfile(os.path.join(path, "answer_head.pt")):
-            if not os.path.isfile(os.path.join(path, "answer_head.pt")):
-                raise ValueError("it has no answer head (answer_head.pt), the config asks for one (answer_head: True)")
+        saved_head = os.path.isfile(os.path.join(path, "answer_head.pt"))
+        if saved_head != bool(len(model.answer_head)):
+            raise ValueError("it has no answer head (answer_head.pt): set --answer_head=False" if not saved_head else
+                             "it has an answer head (answer_head.pt), but answer_head is False: drop that setting")
+        if saved_head:
             model.answer_head.load_state_dict(_load(path, "answer_head.pt"))
     except (RuntimeError, ValueError) as err:
         raise CKFError(f"checkpoint '{path}' does not fit this model configuration: {str(err).splitlines()[0]}") from None
