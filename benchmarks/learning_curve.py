@@ -4,6 +4,11 @@ records the validation metrics the trainer reports (ctr AUC, sequential NDCG@3 a
 same lists, rating RMSE) and the wall clock of each point (its log has the training tokens/s).
 
     python benchmarks/learning_curve.py --dataset amazon-instruments --points 48,192,768 --threads 1
+    python benchmarks/learning_curve.py --points 96,384,1536 --set tasks=[ctr,rating] --set valid_users=512 \
+        --tag ctr-rating     # the pointwise tasks alone (a quarter of the cost of a point)
+
+``--set key=value`` (YAML values) changes any config key at every point; the backbone is trained once, at the
+first point, and loaded from its checkpoint at the others (the same seed would train the same one).
 
 Writes ``benchmarks/results/learning_curve_<dataset>.json`` after every point (a stopped run keeps what it has;
 ``--append`` adds points measured later, each with its own commit, machine and command)
@@ -12,6 +17,7 @@ the test split is evaluated on a handful of users only because a run always ends
 """
 
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -30,11 +36,14 @@ METRICS = [("sequential:ndcg@3", "sequential:ndcg@3[backbone]", "NDCG@3 (sequent
            ("rating:rmse", None, "RMSE (rating)")]
 
 
-def run_point(dataset, samples, epochs, llm, work):
+def run_point(dataset, samples, epochs, llm, work, settings):
     from recbole_ckf.quick_start import run_recbole_ckf
 
     overrides = {"llm": llm, "train_samples_per_task": samples, "epochs": epochs, "eval_step": epochs, "eval_users": 16,
-                 "show_progress": False, "checkpoint_dir": os.path.join(work, "saved")}
+                 "show_progress": False, "checkpoint_dir": os.path.join(work, "saved"), **settings}
+    backbones = sorted(glob.glob(os.path.join(work, "saved", "*.pth")))
+    if backbones and "backbone_checkpoint" not in settings:
+        overrides["backbone_checkpoint"] = backbones[0]
     start = time.perf_counter()
     result = run_recbole_ckf("CKF", dataset, config_dict=overrides)
     return {"train_samples_per_task": samples, "epochs": epochs, "seconds": round(time.perf_counter() - start, 1),
@@ -49,8 +58,9 @@ def plot(store, path):
 
     points = store["points"]
     xs = [p["train_samples_per_task"] for p in points]
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.4))
-    for ax, (key, ref, title) in zip(axes, METRICS):
+    metrics = [m for m in METRICS if any(m[0] in p["valid"] for p in points)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
+    for ax, (key, ref, title) in zip(axes[0], metrics):
         ax.plot(xs, [p["valid"].get(key) for p in points], "o-", label="CKF")
         if ref:
             ax.plot(xs, [p["valid"].get(ref) for p in points], "s--", label="backbone, same lists")
@@ -76,16 +86,27 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--llm", default="gemma-3-270m", help="tiny: a smoke test of this script, not a result")
     p.add_argument("--append", action="store_true", help="add the points to the stored file (same data set)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config key for every point")
+    p.add_argument("--tag", default="", help="results file learning_curve_<dataset>_<tag>.json")
     args = p.parse_args(argv)
+    import yaml
+
+    settings = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set {item}: expected KEY=VALUE")
+        settings[key] = yaml.safe_load(value)
     command = "python benchmarks/learning_curve.py " + " ".join(argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
     sys.argv = sys.argv[:1]  # the run's Config reads --key=value from sys.argv
     info = machine_info()
     info["torch_threads"] = args.threads
-    path = os.path.join(RESULTS, f"learning_curve_{args.dataset}.json")
+    name = f"learning_curve_{args.dataset}{'_' + args.tag if args.tag else ''}"
+    path = os.path.join(RESULTS, f"{name}.json")
     if args.llm != "gemma-3-270m":
-        path = os.path.join(tempfile.gettempdir(), f"learning_curve_{args.dataset}_{args.llm}.json")
-    store = {"dataset": args.dataset, "llm": args.llm, "points": []}
+        path = os.path.join(tempfile.gettempdir(), f"{name}_{args.llm}.json")
+    store = {"dataset": args.dataset, "llm": args.llm, "settings": settings, "points": []}
     if args.append and os.path.isfile(path):
         store = json.load(open(path))
     # every point records the commit, machine and command it was measured with
@@ -93,7 +114,8 @@ def main(argv=None):
     work = tempfile.mkdtemp(prefix="recbole_ckf_curve_")
     try:
         for samples in (int(x) for x in args.points.split(",")):
-            store["points"].append(dict(run_point(args.dataset, samples, args.epochs, args.llm, work), **point_info))
+            store["points"].append(dict(run_point(args.dataset, samples, args.epochs, args.llm, work, settings),
+                                        **point_info))
             store["points"].sort(key=lambda p: p["train_samples_per_task"])
             atomic_write_json(path, store)
             plot(store, path[:-5] + ".png")

@@ -142,7 +142,7 @@ class Recommender:
         self.meta = read_meta(self.path)  # one-line errors for a missing folder, file or a garbage meta.json
         dataset_name = self.meta.get("dataset")
         saved = dict(self.meta.get("config") or {})
-        saved.setdefault("answer_head", False)  # a checkpoint saved before answer heads existed has none
+        saved.update({k: saved.get(k, False) for k in ("answer_head", "bridge_stats")})  # older checkpoints: none
         config = Config("CKF", dataset_name, config_file_list, {**saved, **(config_dict or {})}, cmd_args)
         if config["dataset"] != dataset_name:
             raise CKFError(f"checkpoint '{self.path}' was trained on data set '{dataset_name}', not "

@@ -89,7 +89,8 @@ def _prefill(model, groups, slotted, device, extra=0):
     for g, n in zip(groups, cuts):
         n_items = g[0].input_ids[:n].count(model.item_token_id)
         heads.append((n_items, dataclasses.replace(g[0], input_ids=g[0].input_ids[:n], labels=g[0].labels[:n],
-                                                   slot_items=list(g[0].slot_items[:n_items]), prompt_len=n)))
+                                                   slot_items=list(g[0].slot_items[:n_items]),
+                                                   slot_stats=list(g[0].slot_stats[:n_items]), prompt_len=n)))
     ids, pmask, pos = _left_pad([h.input_ids for _, h in heads], pad, width_p, [0] * len(groups))
     batch = to_device(dict(collate([h for _, h in heads], pad), input_ids=ids), device)
     embeds = model.input_embeddings(batch, slotted)
@@ -101,7 +102,8 @@ def _prefill(model, groups, slotted, device, extra=0):
     for g, n, (n_items, _) in zip(groups, cuts, heads):
         for e in g:
             suffixes.append(dataclasses.replace(e, input_ids=e.input_ids[n:], labels=e.labels[n:],
-                                                slot_items=list(e.slot_items[n_items:]), prompt_len=len(e.input_ids) - n))
+                                                slot_items=list(e.slot_items[n_items:]),
+                                                slot_stats=list(e.slot_stats[n_items:]), prompt_len=len(e.input_ids) - n))
             starts.append(n)
     ids, smask, pos = _left_pad([s.input_ids for s in suffixes], pad, width_s, starts)
     batch = to_device(dict(collate(suffixes, pad), input_ids=ids), device)

@@ -201,6 +201,28 @@ def test_bridge_tokens_sit_exactly_at_every_samples_slots(setup, task):
         assert torch.equal(model.input_embeddings(batch, False), plain)  # text-only: nothing replaced
 
 
+def test_batches_carry_each_slots_rating_statistics_without_the_users_own(setup):
+    # s_u: the user's earlier ratings; s_v: each slot item's training ratings by the other users
+    from recbole_ckf.data.item_text import stat_features
+
+    s = setup
+    model = s["model"]
+    stats = model.item_texts.stats
+    for task in ("ctr", "sequential"):
+        batch, enc = _batch(s, model, task, True, n=5)
+        assert batch["user_stats"].shape == (5, 3) and batch["slot_stats"].shape == (len(batch["slot_items"]), 3)
+        k = 0
+        for b, (e, sample) in enumerate(zip(enc, s["samples"][task][:5])):
+            assert batch["user_stats"][b].tolist() == pytest.approx(stat_features(*(sample.user_stats or (0, None))))
+            for item in e.slot_items:
+                assert batch["slot_stats"][k].tolist() == pytest.approx(stat_features(*stats.of(item, e.user)))
+                k += 1
+    # a training interaction's own rating is not in its item's statistics
+    u, i = next(iter(stats.own))
+    n, _ = stats.of(i)
+    assert stats.of(i, u)[0] == n - 1
+
+
 # ---- it learns ---------------------------------------------------------------------------------------------------
 def test_loss_falls_on_a_fixed_batch(setup):
     """10 AdamW steps (lr 1e-2) on one ctr batch whose answers are all "Yes". The ctr loss is the cross-entropy
@@ -327,6 +349,7 @@ ABLATIONS = {
     "use_cf-off": {"use_cf": False},
     "single-lora-no-metanet-bpr": {"multi_lora": False, "meta_network": False, "backbone": "BPR",
                                    "answer_head": False},
+    "bridge-stats": {"bridge_stats": True},
 }
 
 
@@ -370,6 +393,10 @@ def test_ablation_switches_run_end_to_end(monkeypatch, name):
     else:
         assert not model.bridge.meta_network and not hasattr(model.bridge, "meta_net")
         assert not torch.equal(model.bridge.delta_W, torch.zeros_like(model.bridge.delta_W))  # the shared W learned
+    if switches.get("bridge_stats"):  # the statistics maps learnt (they start at zero)
+        assert all(getattr(model.bridge, m).weight.abs().sum() > 0 for m in ("stats_user", "stats_item"))
+    else:
+        assert not hasattr(model.bridge, "stats_item")
     if switches.get("answer_head", True):  # ctr and rating learnt their answer rows
         assert sorted(model.answer_head) == ["ctr", "rating"]
         assert all(p.abs().sum() > 0 for p in model.answer_head.parameters())

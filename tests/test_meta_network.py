@@ -115,6 +115,27 @@ def test_token_shapes_and_scale():
     assert raw.proj_item.norm is None
 
 
+def test_statistics_start_silent_then_separate_tokens():
+    # bridge_stats: the zero maps leave every token as it was at init; one step later two items that differ
+    # only in their statistics get different tokens (the gradient reaches S_item through s_v)
+    torch.manual_seed(0)
+    plain, bridge = MetaNetworkBridge(D, H), MetaNetworkBridge(D, H, n_stats=3)
+    bridge.load_state_dict({**plain.state_dict(), **{k: v for k, v in bridge.state_dict().items() if "stats" in k}})
+    e_u, e_H, mask = _history()
+    s_u, e_v = torch.randn(4, 3), torch.randn(D).expand(2, D)
+    s_v = torch.tensor([[0.5, 0.8, 0.0], [0.5, -0.6, 0.0]])
+    assert torch.equal(bridge.user_tokens(e_u, e_H, mask, s_u), plain.user_tokens(e_u, e_H, mask))
+    assert torch.equal(bridge.item_tokens(e_v, s_v), plain.item_tokens(e_v))
+    (bridge.item_tokens(e_v, s_v)[0].sum() + bridge.user_tokens(e_u, e_H, mask, s_u).sum()).backward()
+    assert bridge.stats_item.weight.grad.abs().sum() > 0 and bridge.stats_user.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        for p in bridge.parameters():
+            if p.grad is not None:
+                p -= 0.1 * p.grad
+    h_v = bridge.item_tokens(e_v, s_v)
+    assert not torch.allclose(h_v[0], h_v[1])
+
+
 USER, ITEM = 98, 99
 
 

@@ -10,6 +10,7 @@ import os
 
 import torch
 
+from recbole_ckf.data.item_text import stat_features
 from recbole_ckf.utils import atomic_path, stable_hash
 
 IGNORE = -100
@@ -28,6 +29,8 @@ class Encoded:
     candidates: list
     answer: str
     pool: list = None     # item ids pooled into p_u
+    user_stats: list = None  # stat_features of the user's earlier ratings (the bridge's s_u)
+    slot_stats: list = None  # stat_features of each slot's item, without this user's rating (s_v), slot order
 
 
 class Encoder:
@@ -52,6 +55,12 @@ class Encoder:
         eos = self.tokenizer.eos_token_id
         return [a + [eos] if (s.task in self.eos_tasks and eos is not None) else a for s, a in zip(samples, ids)]
 
+    def _stats(self, sample, slot_items):
+        """(s_u, [s_v per slot]): the rating statistics the bridge may take (``bridge_stats``)."""
+        stats = getattr(self.renderer.item_texts, "stats", None)
+        s_u = stat_features(*(sample.user_stats or (0, None)))
+        return s_u, [stat_features(*(stats.of(i, sample.user) if stats is not None else (0, None))) for i in slot_items]
+
     def encode_all(self, samples, slotted, with_answer=True):
         """Encode many samples with one batched tokenizer call (the Rust tokenizer works in parallel)."""
         answers = self._answers(samples, with_answer)
@@ -67,7 +76,8 @@ class Encoder:
                 prompt_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
             out.append(Encoded(sample.task, prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids,
                                len(prompt_ids), slot_items, sample.user, list(sample.history), sample.label,
-                               list(sample.candidates), sample.answer, list(sample.pool)))
+                               list(sample.candidates), sample.answer, list(sample.pool),
+                               *self._stats(sample, slot_items)))
         return out
 
 
@@ -96,12 +106,14 @@ def cache_key(*parts):
 
 def collate(batch, pad_id):
     """Pad a list of :class:`Encoded` of one task into tensors (right padding). ``history`` holds the items
-    pooled into p_u (``Encoded.pool``), padded to the longest pool of the batch."""
+    pooled into p_u (``Encoded.pool``), padded to the longest pool of the batch; ``user_stats`` [B, S] and
+    ``slot_stats`` [n_slots, S] the bridge's statistics inputs."""
     n = max(len(e.input_ids) for e in batch)
     input_ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), n), IGNORE, dtype=torch.long)
     attention = torch.zeros((len(batch), n), dtype=torch.long)
     pools = [e.pool if e.pool is not None else e.history for e in batch]
+    none = stat_features(0, None)
     hist = torch.zeros((len(batch), max(1, max(len(p) for p in pools))), dtype=torch.long)
     hist_mask = torch.zeros_like(hist, dtype=torch.bool)
     for b, e in enumerate(batch):
@@ -120,6 +132,9 @@ def collate(batch, pad_id):
         "attention_mask": attention,
         "prompt_len": torch.tensor([e.prompt_len for e in batch]),
         "slot_items": torch.tensor([i for e in batch for i in e.slot_items], dtype=torch.long),
+        "user_stats": torch.tensor([e.user_stats or none for e in batch], dtype=torch.float),
+        "slot_stats": torch.tensor([s for e in batch for s in (e.slot_stats or [none] * len(e.slot_items))],
+                                   dtype=torch.float).reshape(-1, len(none)),
         "users": torch.tensor([e.user for e in batch], dtype=torch.long),
         "history": hist,
         "history_mask": hist_mask,

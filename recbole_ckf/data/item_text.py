@@ -8,6 +8,8 @@ explanation answer, and a cue for ctr/rating and for which candidate is the true
 a cue that never exists at test time. Texts are cut to ``item_text_words`` words to keep prompts short.
 """
 
+import math
+
 import numpy as np
 
 NO_TEXT = "an item with no description"
@@ -64,6 +66,15 @@ def stats_text(count, mean):
         return "no ratings yet"
     words = f"{count} rating{'s' if count != 1 else ''}"
     return words + (f", avg {mean:.1f} stars" if mean is not None else "")
+
+
+def stat_features(count, mean):
+    """The bridge's statistics input (``bridge_stats``) of a (count, mean rating or None) pair, each O(1):
+    [log1p(count) / 4, (mean - 3) / 2 (0 without a mean), 1 without a mean]."""
+    return [math.log1p(count) / 4.0, 0.0 if mean is None else (mean - 3.0) / 2.0, float(mean is None)]
+
+
+N_STATS = len(stat_features(0, None))
 
 
 class ItemTexts:

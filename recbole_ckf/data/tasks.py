@@ -27,7 +27,7 @@ from recbole_ckf.errors import CKFError
 
 
 #: bump when the way samples are built changes: cached tokenised samples of older code are not reused
-CODE_VERSION = 3
+CODE_VERSION = 4
 
 
 def split_fingerprint(config, split_dataset):

@@ -20,7 +20,7 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType, ModelType
 
 from recbole_ckf.data.fields import available_tasks, resolve_text_fields
-from recbole_ckf.data.item_text import build_item_texts, token_text
+from recbole_ckf.data.item_text import N_STATS, build_item_texts, token_text
 from recbole_ckf.data.templates import LABELS, PromptRenderer
 from recbole_ckf.model.llm import ITEM_TOKEN, TINY_LABEL, USER_TOKEN, answer_token_ids, load_llm, resolve_precision
 from recbole_ckf.model.meta_network import MetaNetworkBridge, inject_slots
@@ -109,7 +109,8 @@ class CKF(GeneralRecommender):
         if self.bridge is None or self.bridge.d != d:
             self.bridge = MetaNetworkBridge(
                 d, self.hidden_size, pooling=self.config["pooling"], meta_network=self.config["meta_network"],
-                token_norm=self.embed_norm, tied_init=self.config["bridge_tied_init"] is not False).to(self.user_table.device)
+                token_norm=self.embed_norm, tied_init=self.config["bridge_tied_init"] is not False,
+                n_stats=N_STATS if self.config["bridge_stats"] else 0).to(self.user_table.device)
 
     def trainable_parameters(self):
         """(LoRA parameters, bridge parameters, answer-head rows): the only parameters CKF trains."""
@@ -125,8 +126,9 @@ class CKF(GeneralRecommender):
             return embeds
         e_u = self.user_table[batch["users"]]
         e_H = self.item_table[batch["history"]]
-        h_u = self.bridge.user_tokens(e_u, e_H, batch["history_mask"])
-        h_v = self.bridge.item_tokens(self.item_table[batch["slot_items"]]) if batch["slot_items"].numel() else None
+        h_u = self.bridge.user_tokens(e_u, e_H, batch["history_mask"], batch["user_stats"])
+        h_v = self.bridge.item_tokens(self.item_table[batch["slot_items"]], batch["slot_stats"]) \
+            if batch["slot_items"].numel() else None
         return inject_slots(embeds, ids, self.user_token_id, self.item_token_id, h_u, h_v)
 
     def hidden_states(self, batch, slotted):

@@ -5,8 +5,12 @@ For user u with history H_u (earlier items only)::
     p_u       = Pool({e_v : v in H_u})              # masked mean, or masked attention
     W_u       = I + reshape(MetaNet(p_u), d x d)    # personalised mapping, exactly I at init
     e_u_tilde = e_u W_u
-    h_u       = Proj_user(e_u_tilde)                # user token, LLM hidden size
-    h_v       = Proj_item(e_v)                      # item token, LLM hidden size
+    h_u       = Proj_user(e_u_tilde) [+ S_user(s_u)]  # user token, LLM hidden size
+    h_v       = Proj_item(e_v) [+ S_item(s_v)]        # item token, LLM hidden size
+
+s_u / s_v (``n_stats`` > 0, ``bridge_stats``): the user's earlier rating count and mean, the item's training
+rating count and mean without this user (:func:`~recbole_ckf.data.item_text.stat_features`), through zero-initialised linear maps: the
+rating statistics a CF embedding trained on implicit feedback does not hold, as input the LLM need not parse.
 
 The bridge does not own the CF tables: the caller looks up e_u, the history rows e_H and e_v in the frozen
 backbone and passes them in, so the bridge's state dict holds only what it learns.
@@ -95,6 +99,7 @@ class MetaNetworkBridge(nn.Module):
         token_norm: typical L2 norm of the LLM's input-embedding rows (the caller measures it on the
             embedding table, including any embedding multiplier); ``None`` disables output normalisation.
         tied_init: Proj_item starts with Proj_user's weights (``False``: independent random initialisations).
+        n_stats: width of the rating-statistics features s_u / s_v added to the tokens (0: none).
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class MetaNetworkBridge(nn.Module):
         proj_hidden=None,
         token_norm=1.0,
         tied_init=True,
+        n_stats=0,
     ):
         super().__init__()
         self.d = d
@@ -140,6 +146,13 @@ class MetaNetworkBridge(nn.Module):
             # its CF embedding scores high then start out alike in the LLM's input space, a likeness attention
             # can read from the first step (W_u starts at I, so e~_u = e_u)
             self.proj_item.load_state_dict(self.proj_user.state_dict())
+        self.n_stats = n_stats
+        if n_stats:
+            # zero maps: the tokens start exactly as without statistics and take them up only as training asks
+            self.stats_user, self.stats_item = nn.Linear(n_stats, hidden_size), nn.Linear(n_stats, hidden_size)
+            for layer in (self.stats_user, self.stats_item):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def user_mapping(self, e_H, mask):
         """W_u [B, d, d] from the history embeddings e_H [B, L, d] and their mask [B, L]."""
@@ -153,13 +166,15 @@ class MetaNetworkBridge(nn.Module):
         W_u = self.user_mapping(e_H, mask)
         return torch.bmm(e_u.unsqueeze(1), W_u).squeeze(1)
 
-    def user_tokens(self, e_u, e_H, mask):
-        """h_u = Proj_user(e_u W_u), [B, H]."""
-        return self.proj_user(self.personalise(e_u, e_H, mask))
+    def user_tokens(self, e_u, e_H, mask, s_u=None):
+        """h_u = Proj_user(e_u W_u) (+ S_user(s_u) with statistics), [B, H]."""
+        h_u = self.proj_user(self.personalise(e_u, e_H, mask))
+        return h_u + self.stats_user(s_u.to(h_u.dtype)) if self.n_stats else h_u
 
-    def item_tokens(self, e_v):
-        """h_v = Proj_item(e_v), [..., H] for e_v [..., d]."""
-        return self.proj_item(e_v)
+    def item_tokens(self, e_v, s_v=None):
+        """h_v = Proj_item(e_v) (+ S_item(s_v) with statistics), [..., H] for e_v [..., d]."""
+        h_v = self.proj_item(e_v)
+        return h_v + self.stats_item(s_v.to(h_v.dtype)) if self.n_stats else h_v
 
 
 def inject_slots(inputs_embeds, input_ids, user_token_id, item_token_id, h_u, h_v):

@@ -25,7 +25,8 @@ FILES = ("meta.json", "adapters.pt", "bridge.pt", "cf_tables.pt")
 _CONFIG_KEYS = ("llm", "tasks", "backbone", "use_cf", "meta_network", "multi_lora", "pooling", "lora_r_shared",
                 "lora_r_task", "lora_alpha", "lora_target_modules", "max_history", "pool_history", "prompt_templates",
                 "sequential_answer", "n_candidates", "prompt_stats", "exclude_own_review", "item_text_words",
-                "item_text_reviews", "ctr_threshold", "max_length", "explanation_max_tokens", "precision", "answer_head", "seed")
+                "item_text_reviews", "ctr_threshold", "max_length", "explanation_max_tokens", "precision", "answer_head", "bridge_stats",
+                "seed")
 
 
 def save_checkpoint(model, path, trainer_state=None, extra=None):
