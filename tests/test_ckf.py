@@ -305,6 +305,12 @@ def test_save_load_predict_identical(setup):
     save_checkpoint(headless, str(s["tmp"] / "headless"))
     with pytest.raises(CKFError, match=r"has no answer head \(answer_head.pt\): set --answer_head=False"):
         load_checkpoint(s["make_model"](), str(s["tmp"] / "headless"))
+    s["config"]["bridge_stats"] = True  # nor does a bridge that takes statistics load one that does not
+    try:
+        with pytest.raises(CKFError, match=r"its bridge has no rating-statistics maps: set --bridge_stats=False"):
+            load_checkpoint(s["make_model"](), str(path))
+    finally:
+        s["config"]["bridge_stats"] = False
 
 
 # ---- the ablation switches, end to end -------------------------------------------------------------------------------

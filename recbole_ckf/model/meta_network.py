@@ -9,8 +9,9 @@ For user u with history H_u (earlier items only)::
     h_v       = Proj_item(e_v) [+ S_item(s_v)]        # item token, LLM hidden size
 
 s_u / s_v (``n_stats`` > 0, ``bridge_stats``): the user's earlier rating count and mean, the item's training
-rating count and mean without this user (:func:`~recbole_ckf.data.item_text.stat_features`), through zero-initialised linear maps: the
-rating statistics a CF embedding trained on implicit feedback does not hold, as input the LLM need not parse.
+rating count and mean without this user (:func:`~recbole_ckf.data.item_text.stat_features`), through
+zero-initialised linear maps: the rating statistics a CF embedding trained on implicit feedback does not hold,
+as input the LLM need not parse.
 
 The bridge does not own the CF tables: the caller looks up e_u, the history rows e_H and e_v in the frozen
 backbone and passes them in, so the bridge's state dict holds only what it learns.

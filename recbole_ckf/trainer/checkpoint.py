@@ -25,8 +25,8 @@ FILES = ("meta.json", "adapters.pt", "bridge.pt", "cf_tables.pt")
 _CONFIG_KEYS = ("llm", "tasks", "backbone", "use_cf", "meta_network", "multi_lora", "pooling", "lora_r_shared",
                 "lora_r_task", "lora_alpha", "lora_target_modules", "max_history", "pool_history", "prompt_templates",
                 "sequential_answer", "n_candidates", "prompt_stats", "exclude_own_review", "item_text_words",
-                "item_text_reviews", "ctr_threshold", "max_length", "explanation_max_tokens", "precision", "answer_head", "bridge_stats",
-                "seed")
+                "item_text_reviews", "ctr_threshold", "max_length", "explanation_max_tokens", "precision",
+                "answer_head", "bridge_stats", "seed")
 
 
 def save_checkpoint(model, path, trainer_state=None, extra=None):
@@ -141,7 +141,12 @@ def load_checkpoint(model, path):
     tables = _load(path, "cf_tables.pt")
     model.set_cf_tables(tables["user"], tables["item"])
     try:
-        model.bridge.load_state_dict(_load(path, "bridge.pt"))
+        bridge = _load(path, "bridge.pt")
+        if ("stats_item.weight" in bridge) != bool(model.bridge.n_stats):
+            raise ValueError("its bridge has no rating-statistics maps: set --bridge_stats=False"
+                             if model.bridge.n_stats else
+                             "its bridge takes rating statistics, but bridge_stats is False: set --bridge_stats=True")
+        model.bridge.load_state_dict(bridge)
         load_lora_state_dict(model.llm, _load(path, "adapters.pt"))
         saved_head = os.path.isfile(os.path.join(path, "answer_head.pt"))
         if saved_head != bool(len(model.answer_head)):
