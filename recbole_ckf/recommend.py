@@ -11,7 +11,7 @@ as for ``--eval_only`` and the model restored with :func:`~recbole_ckf.trainer.c
 User ids are the data set's ORIGINAL tokens (amazon reviewerIDs, ml-100k user ids as strings).
 
 Stage 1, retrieval: the frozen CF backbone scores the whole catalogue, ``e_u . e_v``
-(:meth:`CKF.backbone_scores`), and keeps the top ``recommend_retrieve`` items (default 20; at least ``topk``).
+(:meth:`CKF.backbone_scores`), and keeps the top ``recommend_retrieve`` items (default 10; at least ``topk``).
 Every item the user interacted with anywhere in the data (training, validation AND test splits) is excluded:
 recommending something the user already bought or rated is useless.
 
@@ -43,7 +43,7 @@ the model does not have (the explanation on ml-100k) leaves its column empty.
 
 Batching: each LM stage runs for ALL the given users at once: the listwise prompts in length-sorted batches of
 ``eval_batch_size``; a user's top-k rating / P(like) / explanation prompts run their common prefix (the history)
-once (:mod:`recbole_ckf.recommend_shared`). ``recommend(..., batched=False)`` runs one user at a time without
+once (:mod:`recbole_ckf.recommend_shared`), ``recommend_batch_size`` prompts (whole users) per pass. ``recommend(..., batched=False)`` runs one user at a time without
 sharing (the reference: same output up to float rounding). Table, files, CLI: :mod:`recbole_ckf.recommend_output`.
 """
 
@@ -56,7 +56,8 @@ from recbole_ckf.recommend_output import COLUMNS, OUTPUT_SUFFIXES, check_output,
     print_recommendations, run_cli, write_recommendations  # noqa: F401  (the output side, re-exported)
 
 RERANK_MODES = ("ckf", "fusion", "backbone")
-DEFAULT_RETRIEVE = 20
+DEFAULT_RETRIEVE = 10
+DEFAULT_SHARED_BATCH = 64  # prompts per pass of the shared-prefix stages (measured: see CKF.yaml)
 DEFAULT_FUSION_WEIGHT = 0.5
 
 
@@ -170,6 +171,10 @@ class Recommender:
         self.encoder = Encoder(self.model.tokenizer, self.model.renderer, config["max_length"])
         self.autocast = resolve_mixed_precision(config["mixed_precision"], cuda=config["device"].type == "cuda") == "bf16"
         self.batch_size = int(config["eval_batch_size"] or 16)
+        # rating / P(like) / explanation prompts are short past their shared history prefix: bigger passes pay
+        # off there, while the re-ranking's packed rows (prompt + 10 candidates) are fastest at eval_batch_size
+        self.shared_batch_size = _int(
+            _setting(config, "recommend_batch_size", None, DEFAULT_SHARED_BATCH), "recommend_batch_size", 1)
         self.share_prefix = True  # batched path: a user's top-k prompts of a task share their prefix
 
     # ---- pieces: each takes many (user, ...) at once; the LM runs them in batches of ``batch_size`` ------------
@@ -283,7 +288,8 @@ class Recommender:
                 continue
             samples = [self._sample(task, u, i) for u, i in pairs]
             logits = (answer_logits_by_user if shared else predict_answer_logits)(
-                model, self.encoder, samples, bool(model.use_cf), self.batch_size, self.autocast)
+                model, self.encoder, samples, bool(model.use_cf), self.shared_batch_size if shared else self.batch_size,
+                self.autocast)
             if task == "ctr":
                 logit = logits[:, 0] - logits[:, 1]
                 platt = (adjust.get("ctr") or {}).get("platt")
@@ -305,7 +311,8 @@ class Recommender:
             return [None] * len(pairs)
         samples = [self._sample("explanation", u, i) for u, i in pairs]
         return (explanations_by_user if shared else generate_explanations)(
-            model, self.encoder, samples, bool(model.use_cf), self.batch_size, autocast=self.autocast)
+            model, self.encoder, samples, bool(model.use_cf), self.shared_batch_size if shared else self.batch_size,
+            autocast=self.autocast)
 
     def fusion_weight(self):
         given = _setting(self.config, "recommend_fusion_weight", None, None)
@@ -340,7 +347,8 @@ class Recommender:
         self.last_settings = {"checkpoint": self.path, "dataset": self.config["dataset"], "llm": self.meta.get("llm"),
                               "rerank": used, "retrieve": n, "topk": topk, "fusion_weight": w,
                               "backbone": self.meta.get("config", {}).get("backbone"),
-                              "batch_size": self.batch_size, "batched": bool(batched)}
+                              "batch_size": self.batch_size, "shared_batch_size": self.shared_batch_size,
+                              "batched": bool(batched)}
         return rows
 
     def _recommend_group(self, group, topk, n, mode, w, shared):

@@ -67,7 +67,7 @@ def _item_id(rec, token):
 
 def test_ckf_rows_columns_ranks_and_order(run):
     rec = run["rec"]
-    rows = rec.recommend(USERS, topk=TOPK, rerank="ckf")
+    rows = rec.recommend(USERS, topk=TOPK, rerank="ckf", retrieve=20)  # 20: two stratified lists of 10
     assert len(rows) == TOPK * len(USERS)
     for row in rows:
         assert list(row) == [k for k, _ in COLUMNS]
@@ -120,6 +120,7 @@ def test_fusion_mode_uses_the_weight_fitted_on_validation(run):
     assert fused == sorted(fused, reverse=True) and all(r["ckf_score"] is not None for r in rows)
     fitted = rec.meta["adjust"]["sequential"]["backbone_weight"]
     assert 0.0 <= fitted <= 1.0 and rec.last_settings["fusion_weight"] == fitted
+    assert rec.last_settings["retrieve"] == 10  # the default: one list of n_candidates
     with pytest.raises(CKFError, match="recommend_rerank"):
         rec.recommend(USERS[:1], rerank="best")
     with pytest.raises(CKFError, match="unknown user 'nobody' in data set 'amazon-instruments'; closest known"):
@@ -134,13 +135,13 @@ def test_batched_equals_one_user_at_a_time(run, rerank):
     tokens = rec.dataset.field2id_token[rec.dataset.uid_field]
     users = (USERS + [str(tokens[u]) for u in rec.test_users[:6] if str(tokens[u]) not in USERS])[:5]
     assert len(users) >= 4
-    size = rec.batch_size
+    size, shared = rec.batch_size, rec.shared_batch_size
     try:
-        rec.batch_size = 3
+        rec.batch_size, rec.shared_batch_size = 3, 3
         batched = rec.recommend(users, topk=TOPK, rerank=rerank)
         assert rec.last_settings["batched"] is True
     finally:
-        rec.batch_size = size
+        rec.batch_size, rec.shared_batch_size = size, shared
     single = rec.recommend(users, topk=TOPK, rerank=rerank, batched=False)
     assert rec.last_settings["batched"] is False
     assert [(r["user"], r["rank"], r["item"]) for r in batched] == [(r["user"], r["rank"], r["item"]) for r in single]

@@ -276,6 +276,11 @@ def test_calibration_keeps_the_ranking_and_fits_the_base_rate():
     stars = torch.randint(1, 6, (300,), generator=gen).float()
     raw = 3.0 + 0.2 * (stars - 3.0)  # right order, squeezed scale
     torch.testing.assert_close(apply_linear(raw, fit_linear(raw, stars), 1.0, 5.0), stars, atol=1e-4, rtol=0)
+    # an uninformative model: cross-validation picks the validation mean, not a line stretched over noise
+    noise = 4.0 + 0.5 * torch.randn(300, generator=gen)
+    assert fit_linear(noise, stars) == pytest.approx((0.0, float(stars.double().mean())))
+    # an anti-correlated one never gets a negative slope
+    assert fit_linear(6.0 - stars, stars)[0] >= 0.0
 
 
 def test_fusion_weight_one_is_the_backbone_and_zero_is_ckf(setup):
