@@ -1,5 +1,7 @@
 """The machine a CKF run uses: Accelerate's precision and CPU settings, and the process's peak memory."""
 
+import ctypes
+import ctypes.util
 import os
 import resource
 
@@ -11,6 +13,27 @@ from recbole_ckf.errors import CKFError
 def peak_rss_gib():
     """The process's peak resident memory so far (GiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def _libc_malloc_trim():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to release
+        return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def release_memory():
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``; a no-op elsewhere). torch's CPU
+    tensors live on that heap: a training step's activations (about 1.7 GB for 4 x 320 Gemma-3-270M tokens)
+    are freed after the step but stay resident, and prompts of other lengths fragment them, so that without
+    this the resident set grew by ~0.1 GB per long step (measured: 4.0 GB held after 6 rounds of the four tasks
+    against 2.0 GB with a trim after each step, at the same speed)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def resolve_mixed_precision(setting, cuda=None):

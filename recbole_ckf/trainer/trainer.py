@@ -40,7 +40,7 @@ from recbole_ckf.data.tasks import (CODE_VERSION, TaskBuilder, split_fingerprint
 from recbole_ckf.errors import CKFError
 from recbole_ckf.model.backbone import load_backbone_checkpoint, train_backbone
 from recbole_ckf.trainer.checkpoint import load_checkpoint, record_adjustments, save_checkpoint
-from recbole_ckf.trainer.runtime import peak_rss_gib, resolve_mixed_precision, use_cpu  # noqa: F401 (re-exported)
+from recbole_ckf.trainer.runtime import peak_rss_gib, release_memory, resolve_mixed_precision, use_cpu  # noqa: F401
 from recbole_ckf.trainer.schedule import curriculum_weight, epoch_plan, epoch_selection, lr_lambdas  # noqa: F401
 from recbole_ckf.utils import stable_hash
 
@@ -318,6 +318,8 @@ class CKFTrainer(AbstractTrainer):
                 optimizer.zero_grad(set_to_none=True)  # never zeros: inactive adapters must stay untouched
             step += 1
             losses.append(loss.detach().item())
+            del loss, batch
+            release_memory()  # this step's activations, before the next step allocates its own
             per_task.setdefault(task, []).append(losses[-1])
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", tok_s=f"{tokens / (time.time() - t0):.0f}", w=f"{w:.2f}")
         self.logger.info(set_color(f"epoch {epoch} training", "green") + f" [time: {time.time() - t0:.2f}s, "
