@@ -43,8 +43,9 @@ the model does not have (the explanation on ml-100k) leaves its column empty.
 
 Batching: each LM stage runs for ALL the given users at once: the listwise prompts in length-sorted batches of
 ``eval_batch_size``; a user's top-k rating / P(like) / explanation prompts run their common prefix (the history)
-once (:mod:`recbole_ckf.recommend_shared`), ``recommend_batch_size`` prompts (whole users) per pass. ``recommend(..., batched=False)`` runs one user at a time without
-sharing (the reference: same output up to float rounding). Table, files, CLI: :mod:`recbole_ckf.recommend_output`.
+once (:mod:`recbole_ckf.recommend_shared`), ``recommend_batch_size`` prompts (whole users) per pass.
+``recommend(..., batched=False)`` runs one user at a time without sharing (the reference: same output up to float
+rounding). Table, files, CLI: :mod:`recbole_ckf.recommend_output`.
 """
 
 import difflib
