@@ -85,6 +85,7 @@ ABLATIONS = {
     "CKF backbone BPR": {"backbone": "BPR"},
     # each learning fix switched off alone (same budget and seed)
     "CKF listwise letters (sequential_answer=label)": {"sequential_answer": "label"},
+    "CKF title answers (sequential_answer=title)": {"sequential_answer": "title"},
     "CKF old curriculum (midpoint 0.5, no floor, cosine bridge rate)": {
         "curriculum_midpoint": 0.5, "curriculum_floor": 0.0, "bridge_schedule": "cosine"},
     "CKF own review in item text (exclude_own_review=False)": {"exclude_own_review": False},
@@ -94,7 +95,7 @@ ABLATIONS = {
     "CKF w/o rating counts in prompts (prompt_stats=False)": {"prompt_stats": False},
     "CKF independent projections (bridge_tied_init=False)": {"bridge_tied_init": False},
 }
-VARIANTS = dict(zip(["ckf", "no_cf", "single_lora", "no_meta", "bpr", "label", "old_curriculum", "own_review",
+VARIANTS = dict(zip(["ckf", "no_cf", "single_lora", "no_meta", "bpr", "label", "title", "old_curriculum", "own_review",
                      "full_vocab_loss", "unbalanced_ctr", "train_history", "no_stats", "untied"], ABLATIONS))
 SETTING_KEYS = {
     "all": ["epochs", "stopping_step", "eval_step", "train_batch_size", "learning_rate", "learner", "weight_decay",

@@ -27,7 +27,8 @@ Stage 2, re-ranking and prediction, by the language model (``recommend_rerank``)
   which is what stays comparable between lists of (nearly) equal size and mix. Within a list the items are in a
   seeded order (as in evaluation, the model was trained with the true item at random positions). Equal scores
   are broken by the backbone's rank. With ``sequential_answer: title`` the score is the mean log-probability of
-  the item's text (already comparable between lists; no normalisation).
+  the item's text, with ``pointwise`` the log-odds of Yes after the item's block (each block sees the shared
+  prefix only, never another item): both already comparable between lists, not normalised.
 * ``fusion``: ``(1 - w) * z(CKF score) + w * z(backbone score)``, z standardised over the user's N retrieved
   items; ``w = recommend_fusion_weight``, else the weight the checkpoint's ``meta.json`` holds
   (``adjust.sequential.backbone_weight``, as :func:`~recbole_ckf.evaluator.task_eval.fit_adjustments` fits it),
@@ -257,7 +258,11 @@ class Recommender:
                 owner.append(r)
         if not samples:
             return [[] for _ in requests]
-        if "sequential" in model.answer_ids:
+        if model.sequential_answer == "pointwise":  # each block sees the prefix only: log-odds need no normalising
+            logits = predict_answer_logits(model, self.encoder, samples, bool(model.use_cf), self.batch_size,
+                                           self.autocast)
+            rows = [row[: len(s.candidates)].double() for row, s in zip(logits, samples)]
+        elif "sequential" in model.answer_ids:
             logits = predict_answer_logits(model, self.encoder, samples, bool(model.use_cf), self.batch_size,
                                            self.autocast)
             rows = [row[: len(s.candidates)].double().log_softmax(-1) + math.log(len(s.candidates))

@@ -403,8 +403,8 @@ def test_ablation_switches_run_end_to_end(monkeypatch, name):
         assert all(getattr(model.bridge, m).weight.abs().sum() > 0 for m in ("stats_user", "stats_item"))
     else:
         assert not hasattr(model.bridge, "stats_item")
-    if switches.get("answer_head", True):  # ctr and rating learnt their answer rows
-        assert sorted(model.answer_head) == ["ctr", "rating"]
+    if switches.get("answer_head", True):  # ctr, rating and pointwise sequential (Yes/No) learnt their answer rows
+        assert sorted(model.answer_head) == ["ctr", "rating", "sequential"]
         assert all(p.abs().sum() > 0 for p in model.answer_head.parameters())
     else:
         assert len(model.answer_head) == 0 and model.trainable_parameters()[2] == []

@@ -234,7 +234,7 @@ MISTAKES = [
     ("CKF", {"precision": "fp16"}, "error: precision: expected one of auto, fp32, bf16, got 'fp16'"),
     ("CKF", {"answer_head_learning_rate": -1}, "error: config key 'answer_head_learning_rate': expected a number > 0, got -1"),
     ("CKF", {"sequential_answer": "letters"},
-     "error: sequential_answer: expected one of label, title, got 'letters'"),
+     "error: sequential_answer: expected one of label, title, pointwise, got 'letters'"),
 ]
 
 CKF_FULL = ("error: eval_args mode 'full': CKF ranks the candidate lists of RecBole's uniN/popN samplers (the true "

@@ -305,3 +305,77 @@ def test_fusion_weight_one_is_the_backbone_and_zero_is_ckf(setup):
     x = s["samples"]["sequential"][0]
     expected = (s["model"].user_table[x.user] * s["model"].item_table[torch.tensor(x.candidates)]).sum(-1)
     torch.testing.assert_close(seq.backbone[0], expected)
+
+
+# ---- pointwise sequential answers (one packed row per user) -----------------------------------------------------
+@pytest.fixture(scope="module")
+def pointwise(setup):
+    """The setup's model and samples with ``sequential_answer: pointwise`` (same weights, same samples)."""
+    from recbole_ckf.data.collate import Encoder
+    from recbole_ckf.data.templates import PromptRenderer
+    from recbole_ckf.model.llm import answer_token_ids
+
+    model = setup["model"]
+    renderer = PromptRenderer(setup["config"]["prompt_templates"], model.item_texts, model.renderer.user_token,
+                              model.renderer.item_token, sequential_answer="pointwise",
+                              stats=setup["config"]["prompt_stats"])
+    saved = model.answer_ids.get("sequential"), model.answer_head["sequential"]
+    model.answer_ids["sequential"] = answer_token_ids(model.tokenizer, ["Yes", "No"])
+    model.answer_head["sequential"] = torch.nn.Parameter(0.01 * torch.randn(2, model.hidden_size))
+    yield model, Encoder(model.tokenizer, renderer, setup["config"]["max_length"])
+    model.answer_ids["sequential"], model.answer_head["sequential"] = saved
+
+
+def test_pointwise_packed_scores_equal_one_prompt_per_candidate(setup, pointwise):
+    """A packed row [prefix, block 1, ..., block K] gives candidate k the score logit(Yes) - logit(No) that the
+    prompt prefix + block k gets alone (its own causal pass, the training forward), for rows of different
+    lengths in one batch, slotted and text-only."""
+    from recbole_ckf.data.collate import Encoded, collate
+    from recbole_ckf.evaluator.pointwise import predict_answer_logits
+
+    model, encoder = pointwise
+    samples = setup["samples"]["sequential"][:3]
+    samples = [samples[0], _short(samples[1:2], 6)[0], samples[2]]
+    yes, no = model.answer_ids["sequential"]
+    model.eval()
+    for slotted in (True, False):
+        packed = predict_answer_logits(model, encoder, samples, slotted, batch_size=3)
+        assert packed.shape == (3, 10) and torch.isinf(packed[1, 6:]).all()
+        for k, x in enumerate(samples):
+            enc = encoder.encode(x, slotted)
+            assert enc.blocks is not None and len(enc.blocks) == len(x.candidates)
+            prefix = len(enc.input_ids) - sum(enc.blocks)
+            start = prefix
+            for c, n in enumerate(enc.blocks):
+                alone = enc.input_ids[:prefix] + enc.input_ids[start:start + n]
+                items = enc.slot_items[:len(x.history)] + ([x.candidates[c]] if slotted else [])
+                one = Encoded("sequential", alone, [-100] * len(alone), len(alone), items, x.user, enc.history,
+                              x.label, [], "", enc.pool, enc.user_stats,
+                              enc.slot_stats[:len(items)] if slotted else [])
+                with torch.no_grad():
+                    hidden = model.hidden_states(collate([one], model.tokenizer.pad_token_id), slotted)[0, -1]
+                    logits = model.choice_logits(hidden[None], "sequential")[0]
+                torch.testing.assert_close(packed[k, c], logits[0] - logits[1], atol=1e-4, rtol=1e-5)
+                start += n
+
+
+def test_pointwise_training_loss_is_a_softmax_over_the_candidates(setup, pointwise):
+    """The training loss of a packed batch is the cross-entropy of the true candidate under a softmax over the
+    candidates' scores, and it reaches the bridge and the sequential answer head."""
+    from recbole_ckf.data.collate import collate
+
+    model, encoder = pointwise
+    samples = setup["samples"]["sequential"][:2]
+    batch = collate([encoder.encode(x, True) for x in samples], model.tokenizer.pad_token_id)
+    model.train()
+    model.zero_grad()
+    loss = model.calculate_loss(batch)
+    with torch.no_grad():
+        scores = model.answer_logits(batch)
+    expected = torch.nn.functional.cross_entropy(scores, torch.tensor([int(x.label) for x in samples]))
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-5, rtol=1e-5)
+    loss.backward()
+    assert model.answer_head["sequential"].grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.bridge.proj_item.parameters())
+    model.zero_grad()
+    model.eval()

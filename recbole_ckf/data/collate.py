@@ -31,6 +31,8 @@ class Encoded:
     pool: list = None     # item ids pooled into p_u
     user_stats: list = None  # stat_features of the user's earlier ratings (the bridge's s_u)
     slot_stats: list = None  # stat_features of each slot's item, without this user's rating (s_v), slot order
+    blocks: list = None   # pointwise sequential (a packed row): the token count of each candidate's block, in
+                          # candidate order; the row is [prefix, block 1, ..., block K] and has no answer tokens
 
 
 class Encoder:
@@ -63,6 +65,9 @@ class Encoder:
 
     def encode_all(self, samples, slotted, with_answer=True):
         """Encode many samples with one batched tokenizer call (the Rust tokenizer works in parallel)."""
+        if self.renderer.sequential_answer == "pointwise" and any(s.task == "sequential" for s in samples):
+            return [self.encode_packed(s, slotted) if s.task == "sequential" else self.encode(s, slotted, with_answer)
+                    for s in samples]
         answers = self._answers(samples, with_answer)
         rendered = [self.renderer.render(s, slotted) for s in samples]
         prompts = self.tokenizer([r[0] for r in rendered], add_special_tokens=True)["input_ids"]
@@ -79,6 +84,39 @@ class Encoder:
                                list(sample.candidates), sample.answer, list(sample.pool),
                                *self._stats(sample, slot_items)))
         return out
+
+
+    def encode_packed(self, sample, slotted):
+        """A pointwise sequential sample as ONE packed row ``[bos prefix, block 1, ..., block K]``
+        (:meth:`~recbole_ckf.data.templates.PromptRenderer.render_blocks`): block k asks about candidate k, the
+        answer (Yes for the true candidate) is read after its last token. The prefix is tokenised as a prompt
+        (with bos), each block alone, so a block's tokens do not depend on the other candidates. Too long (prefix
+        + the longest block > ``max_length``): the oldest history items are dropped, as for every prompt."""
+        while True:
+            prefix, prefix_items, blocks = self.renderer.render_blocks(sample, slotted)
+            prefix_ids = self.tokenizer(prefix, add_special_tokens=True)["input_ids"]  # as every prompt: bos
+            block_ids = self.tokenizer([b for b, _ in blocks], add_special_tokens=False)["input_ids"]
+            longest = max((len(b) for b in block_ids), default=0)
+            if len(prefix_ids) + longest <= self.max_length or not sample.history:
+                break
+            sample = dataclasses.replace(sample, history=sample.history[1:], history_ratings=(
+                sample.history_ratings[1:] if sample.history_ratings else None))
+        row = prefix_ids + [t for b in block_ids for t in b]
+        slot_items = prefix_items + [i for _, items in blocks for i in items]
+        return Encoded(sample.task, row, [IGNORE] * len(row), len(row), slot_items, sample.user,
+                       list(sample.history), sample.label, list(sample.candidates), sample.answer, list(sample.pool),
+                       *self._stats(sample, slot_items), blocks=[len(b) for b in block_ids])
+
+
+def packed_layout(encoded):
+    """``(segments, positions)`` of a packed row (lists): segment 0 for the prefix, k for block k; positions
+    count through the prefix and restart after it for every block (each block sits where it would alone)."""
+    prefix = len(encoded.input_ids) - sum(encoded.blocks)
+    seg, pos = [0] * prefix, list(range(prefix))
+    for k, n in enumerate(encoded.blocks, 1):
+        seg += [k] * n
+        pos += list(range(prefix, prefix + n))
+    return seg, pos
 
 
 def cached(cache_dir, key, build):
@@ -125,7 +163,23 @@ def collate(batch, pad_id):
         if h:
             hist[b, :len(h)] = torch.tensor(h)
             hist_mask[b, :len(h)] = True
+    packed = {}
+    if batch[0].blocks is not None:  # pointwise sequential rows: block layout and the end of every block
+        seg = torch.full((len(batch), n), -1, dtype=torch.long)
+        pos = torch.zeros((len(batch), n), dtype=torch.long)
+        ends, owner = [], []
+        for b, e in enumerate(batch):
+            s, p = packed_layout(e)
+            seg[b, :len(s)], pos[b, :len(p)] = torch.tensor(s), torch.tensor(p)
+            end = len(e.input_ids) - sum(e.blocks)
+            for k in e.blocks:
+                end += k
+                ends.append(b * n + end - 1)
+                owner.append(b)
+        packed = {"segments": seg, "positions": pos, "block_ends": torch.tensor(ends, dtype=torch.long),
+                  "block_owner": torch.tensor(owner, dtype=torch.long)}
     return {
+        **packed,
         "task": batch[0].task,
         "input_ids": input_ids,
         "labels": labels,

@@ -2,7 +2,8 @@
 
 * ``ctr``          will the user like the item?     answer "Yes"/"No"   (label: rating >= ``ctr_threshold``)
 * ``sequential``   which candidate comes next?      answer: the true candidate's letter (``sequential_answer:
-                                                    label``, listwise) or the item's text (``title``)
+                                                    label``, listwise), the item's text (``title``) or, per
+                                                    candidate, "Yes"/"No" (``pointwise``)
 * ``rating``       how many stars?                  answer "1".."5"
 * ``explanation``  a headline for the item          answer: the review headline (``summary``)
 
@@ -27,7 +28,7 @@ from recbole_ckf.errors import CKFError
 
 
 #: bump when the way samples are built changes: cached tokenised samples of older code are not reused
-CODE_VERSION = 4
+CODE_VERSION = 5
 
 
 def split_fingerprint(config, split_dataset):
@@ -199,7 +200,9 @@ class TaskBuilder:
             raise CKFError(f"sequential_answer 'label' labels at most {len(LABELS)} candidates, the evaluation "
                            f"lists hold {len(candidates)} (eval_args.mode uni{len(candidates) - 1}); use "
                            f"sequential_answer: title, or a mode with at most {len(LABELS) - 1} negatives")
-        answer = LABELS[k] if self.answer_mode == "label" else self.item_answer(item, u)
+        # pointwise: no answer text (Yes after the true candidate's block, No after the others; see collate)
+        answer = LABELS[k] if self.answer_mode == "label" else self.item_answer(item, u) \
+            if self.answer_mode == "title" else "Yes"
         return Sample("sequential", u, item, history, hist_ratings, candidates=candidates, label=float(k),
                       answer=answer, pool=pool, user_stats=stats,
                       positives=tuple(candidates.index(i) for i in positives) if positives else None)

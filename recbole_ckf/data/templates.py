@@ -13,6 +13,11 @@ A template (set per task in ``prompt_templates``, see ``properties/CKF.yaml``) m
                        answer is the true candidate's letter) or "(1) <|ckf_item|> text; (2) ..."
                        (``sequential_answer: title``, the answer is the true item's text)
 
+``sequential_answer: pointwise`` asks about one candidate at a time with the template ``sequential_pointwise``,
+whose last placeholder is ``{item}``: the text before ``{item}`` is the prefix every candidate shares, the rest
+(from ``{item}`` on) is rendered once per candidate (:meth:`PromptRenderer.render_blocks`), and the answer after
+each candidate's block is Yes or No.
+
 Item texts in user u's prompts leave out u's own reviews (``ItemTexts.for_user``).
 
 Slots appear in the order history, item, candidates only if the template names them in that order; the
@@ -27,10 +32,13 @@ from recbole_ckf.data.item_text import stats_text
 from recbole_ckf.errors import CKFError
 
 FIELDS = ("user", "history", "item", "candidates")
-REQUIRED = {"ctr": ("item",), "rating": ("item",), "explanation": ("item",), "sequential": ("candidates",)}
+REQUIRED = {"ctr": ("item",), "rating": ("item",), "explanation": ("item",), "sequential": ("candidates",),
+            "sequential_pointwise": ("item",)}
 #: candidate labels of the listwise sequential answer (each one token of Gemma's and the tiny tokenizer)
 LABELS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-SEQUENTIAL_ANSWERS = ("label", "title")
+SEQUENTIAL_ANSWERS = ("label", "title", "pointwise")
+#: the template key of each task's prompts (the pointwise sequential answer has its own template)
+POINTWISE_TEMPLATE = "sequential_pointwise"
 
 
 def check_template(task, template):
@@ -41,9 +49,14 @@ def check_template(task, template):
     unknown = [n for n in names if n not in FIELDS]
     if unknown:
         raise CKFError(f"prompt_templates.{task}: unknown placeholder '{{{unknown[0]}}}' (expected {', '.join(FIELDS)})")
+    if task not in REQUIRED:
+        raise CKFError(f"prompt_templates: unknown task '{task}' (expected {', '.join(REQUIRED)})")
     for needed in REQUIRED[task]:
         if needed not in names:
             raise CKFError(f"prompt_templates.{task}: the template must contain '{{{needed}}}'")
+    if task == POINTWISE_TEMPLATE and (names[-1] != "item" or names.count("item") != 1):
+        raise CKFError(f"prompt_templates.{task}: '{{item}}' must be the template's last placeholder, once (the "
+                       f"text before it is shared by every candidate)")
     return names
 
 
@@ -61,6 +74,9 @@ class PromptRenderer:
             raise CKFError(f"sequential_answer: expected one of {', '.join(SEQUENTIAL_ANSWERS)}, got "
                            f"'{sequential_answer}'")
         self.sequential_answer = sequential_answer
+        if sequential_answer == "pointwise" and POINTWISE_TEMPLATE not in self.templates:
+            raise CKFError(f"prompt_templates: sequential_answer 'pointwise' needs the template "
+                           f"'{POINTWISE_TEMPLATE}' (with '{{item}}' as its last placeholder)")
         self.stats = bool(stats) and getattr(item_texts, "stats", None) is not None
 
     def item_text(self, item, user=None):
@@ -77,8 +93,37 @@ class PromptRenderer:
     def candidate_label(self, k):
         return LABELS[k] if self.sequential_answer == "label" else str(k + 1)
 
+    def template_of(self, task):
+        """The template key of ``task``'s prompts."""
+        return POINTWISE_TEMPLATE if task == "sequential" and self.sequential_answer == "pointwise" else task
+
     def render(self, sample, slotted):
         """Return ``(prompt, slot_items)``: the prompt string and the item ids of its item slots, in order."""
+        pieces, slot_items = self._pieces(sample, slotted)
+        key = self.template_of(sample.task)
+        prompt = self.templates[key].format(**pieces)
+        if not slotted:
+            return prompt, []
+        return prompt, [i for name in self.order[key] for i in slot_items.get(name, [])]
+
+    def render_blocks(self, sample, slotted):
+        """The pointwise sequential prompt of ``sample``, split for packing: ``(prefix, prefix_slot_items,
+        [(block, block_slot_items) per candidate])``. The prefix is the template up to ``{item}``; block k is
+        the rest with candidate k as ``{item}``: prefix + block k is the prompt asking about candidate k alone."""
+        key = POINTWISE_TEMPLATE
+        template = self.templates[key]
+        cut = template.index("{item}")
+        pieces, slot_items = self._pieces(sample, slotted)
+        prefix = template[:cut].format(**pieces)
+        prefix_items = [i for name in self.order[key][:-1] for i in slot_items.get(name, [])] if slotted else []
+        blocks = []
+        for c in sample.candidates:
+            text = template[cut:].format(item=self._item(c, slotted, sample.user, stats=True))
+            blocks.append((text, [c] if slotted else []))
+        return prefix, prefix_items, blocks
+
+    def _pieces(self, sample, slotted):
+        """The rendered placeholders of ``sample`` and the item ids of each one's slots."""
         task = sample.task
         pieces, slot_items = {}, {}
         pieces["user"] = f"User {self.user_token}" if slotted else "The user"
@@ -99,11 +144,7 @@ class PromptRenderer:
         pieces["candidates"] = "; ".join(f"({self.candidate_label(k)}) {self._item(c, slotted, user, stats=True)}"
                                          for k, c in enumerate(sample.candidates))
         slot_items["candidates"] = list(sample.candidates)
-        prompt = self.templates[task].format(**pieces)
-        if not slotted:
-            return prompt, []
-        items = [i for name in self.order[task] for i in slot_items.get(name, [])]
-        return prompt, items
+        return pieces, slot_items
 
     def answer(self, sample):
         """The answer text the LM learns. No leading space: templates end with "Answer:\n", so that the answer

@@ -3,7 +3,8 @@
 ctr scores P(Yes) against P(No), rating the expectation over the five digit tokens: one forward pass per sample,
 logits of one position only, over the task's answer set only (the model's
 :meth:`~recbole_ckf.model.ckf.CKF.answer_logits`). :func:`predict_answer_logits` also serves the listwise
-sequential task (the candidate letters: :func:`~recbole_ckf.evaluator.sequential.score_listwise`).
+sequential task (the candidate letters, or the pointwise Yes-against-No score of each candidate's block of a packed
+row: :func:`~recbole_ckf.evaluator.sequential.score_listwise`).
 """
 
 import torch
@@ -34,7 +35,8 @@ def predict_answer_logits(model, encoder, samples, slotted=True, batch_size=16, 
             batch = to_device(collate([encoded[k] for k in idx], model.tokenizer.pad_token_id), device)
             for k, row in zip(idx, model.answer_logits(batch, slotted).float().cpu()):
                 out[k] = row
-    return torch.stack(out)
+    width = max(len(row) for row in out)  # pointwise sequential rows: as wide as their batch's longest list
+    return torch.stack([torch.cat([row, row.new_full((width - len(row),), float("-inf"))]) for row in out])
 
 
 def predict_points(model, encoder, samples, slotted=True, batch_size=16, autocast=False, show_progress=False):

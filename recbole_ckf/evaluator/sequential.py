@@ -1,5 +1,13 @@
 """Sequential task: scoring the candidate list of a sample.
 
+Pointwise (``sequential_answer: pointwise``, the default; :func:`score_listwise` too): one packed row per sample,
+``[prefix, block 1, ..., block K]``, where block k asks "Will the user choose <candidate k> next? Answer:" and
+sees the shared prefix (user, history) and its own tokens only (:func:`~recbole_ckf.model.packing.block_masks`);
+candidate k's score is logit(Yes) - logit(No) after its block (the model's
+:meth:`~recbole_ckf.model.ckf.CKF.block_scores`), the same number as the prompt prefix + block k alone. The item
+slot and the item's rating count sit right before the answer: the answer position reads them in a few layers,
+where a listed candidate's letter or text must be found among ten.
+
 Listwise (``sequential_answer: label``, :func:`score_listwise`): the logits of the candidate letters at the
 answer position, one pass per sample (the model's :meth:`~recbole_ckf.model.ckf.CKF.answer_logits`, as the
 pointwise tasks). By title (``sequential_answer: title``, :func:`score_candidates`): each candidate by its

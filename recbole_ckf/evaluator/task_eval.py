@@ -13,8 +13,9 @@ task           score                                                            
 =============  ==================================================================  ===========================
 ctr            P(Yes) against P(No) at the answer position (Platt-calibrated)      AUC, LogLoss (+ GAUC)
 rating         expectation over the five digit tokens (linear map)                 RMSE, MAE (1-5 scale)
-sequential     listwise: the logits of the candidate letters, one pass per user;   Hit@1, Hit@3, NDCG@3, MRR
-               ``sequential_answer: title``: likelihood of each candidate's text
+sequential     pointwise: logit(Yes) - logit(No) after each candidate's block of   Hit@1, Hit@3, NDCG@3, MRR
+               one packed row per user; ``label``: the logits of the candidate
+               letters; ``title``: likelihood of each candidate's text
 explanation    greedy decoding (KV cache), new tokens only, stop at eos/newline     BLEU-1/4, ROUGE-1/2/L,
                                                                                    Distinct-1/2
 =============  ==================================================================  ===========================
@@ -27,7 +28,7 @@ and the backbone fusion fitted on validation scores (:func:`fit_adjustments`). R
 same lists) and ``[fusion]`` (``score_fusion: backbone``, see :mod:`~recbole_ckf.evaluator.fusion`).
 
 The scorers live beside this module, one per task: :mod:`~recbole_ckf.evaluator.pointwise` (ctr and rating),
-:mod:`~recbole_ckf.evaluator.sequential` (listwise and by title), :mod:`~recbole_ckf.evaluator.explanation`
+:mod:`~recbole_ckf.evaluator.sequential` (pointwise, listwise and by title), :mod:`~recbole_ckf.evaluator.explanation`
 (headline generation); they batch and collect, the model scores (:class:`~recbole_ckf.model.ckf.CKF`).
 
 GAUC needs users with several ctr test samples of both labels; with leave-one-out every user has one, so it is

@@ -73,6 +73,8 @@ class CKF(GeneralRecommender):
         }
         if self.sequential_answer == "label":
             self.answer_ids["sequential"] = answer_token_ids(self.tokenizer, list(LABELS[: config["n_candidates"]]))
+        elif self.sequential_answer == "pointwise":  # Yes / No after each candidate's block of a packed row
+            self.answer_ids["sequential"] = self.answer_ids["ctr"]
         # answer_head: a trainable delta on the LM-head rows of each task's answer tokens (a learnt verbaliser).
         # Its gradient (p - y) h reads the answer position's features directly, which LoRA alone could not do in a
         # few hundred noisy ctr/rating steps. Written here: peft's trainable tokens would also change the tied
@@ -132,12 +134,30 @@ class CKF(GeneralRecommender):
         return inject_slots(embeds, ids, self.user_token_id, self.item_token_id, h_u, h_v)
 
     def hidden_states(self, batch, slotted):
-        """Last hidden states of the decoder (no LM head: logits are computed only where needed; no KV cache)."""
+        """Last hidden states of the decoder (no LM head: logits are computed only where needed; no KV cache).
+        Packed rows (``batch["segments"]``, pointwise sequential) get block attention masks and their positions."""
         activate(self.llm, batch["task"])
         decoder = self.llm.get_base_model().model
-        out = decoder(inputs_embeds=self.input_embeddings(batch, slotted), attention_mask=batch["attention_mask"],
-                      use_cache=False)
+        embeds = self.input_embeddings(batch, slotted)
+        mask, positions = batch["attention_mask"], None
+        if "segments" in batch:
+            positions = batch["positions"]
+            mask = block_masks(batch["segments"], positions, self.decoder_config, self.attention_implementation,
+                               embeds.dtype)
+        out = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
         return out.last_hidden_state
+
+    def block_scores(self, hidden, batch):
+        """Pointwise sequential: [B, K] scores logit(Yes) - logit(No) after each candidate's block of the packed
+        rows (-inf past a row's candidates), from the decoder's ``hidden`` [B, T, H]."""
+        ends, owner = batch["block_ends"], batch["block_owner"]
+        logits = self.choice_logits(hidden.reshape(-1, hidden.shape[-1])[ends], "sequential")
+        # the k-th block of row b goes to column k: its index among the blocks owned by b
+        first = torch.searchsorted(owner, owner, right=False)
+        column = torch.arange(owner.numel(), device=owner.device) - first
+        scores = torch.full((hidden.shape[0], int(column.max()) + 1 if owner.numel() else 0), float("-inf"),
+                            dtype=logits.dtype, device=logits.device)
+        return scores.index_put((owner, column), logits[:, 0] - logits[:, 1])
 
     def logits(self, hidden, token_ids=None, delta=None):
         """LM-head logits of ``hidden`` [N, H], over the whole vocabulary or only over ``token_ids`` (float32);
@@ -161,6 +181,8 @@ class CKF(GeneralRecommender):
         set only, as they are scored; explanations (and title answers) over the whole vocabulary."""
         hidden = self.hidden_states(batch, slotted)
         task = batch["task"]
+        if "block_ends" in batch:  # pointwise sequential: a softmax over the candidates' Yes-against-No scores
+            return F.cross_entropy(self.block_scores(hidden, batch), batch["label"].long().to(hidden.device))
         if task in self.answer_ids and self.config["restricted_loss"] is not False:
             rows = torch.arange(hidden.shape[0], device=hidden.device)
             logits = self.choice_logits(hidden[rows, batch["prompt_len"] - 1], task, batch.get("n_choices"))
@@ -216,8 +238,11 @@ class CKF(GeneralRecommender):
     @torch.no_grad()
     def answer_logits(self, batch, slotted=True):
         """[B, C] logits of the task's answer set at the answer position (ctr: Yes, No; rating: 1..5;
-        listwise sequential: the candidate letters, -inf past each sample's candidates)."""
+        listwise sequential: the candidate letters, -inf past each sample's candidates); pointwise sequential:
+        :meth:`block_scores`."""
         hidden = self.hidden_states(batch, slotted)
+        if "block_ends" in batch:
+            return self.block_scores(hidden, batch)
         return self.choice_logits(hidden[torch.arange(hidden.shape[0]), batch["prompt_len"] - 1], batch["task"],
                                   batch.get("n_choices"))
 
