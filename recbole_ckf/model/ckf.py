@@ -64,6 +64,8 @@ class CKF(GeneralRecommender):
         for p in trainable_lora_parameters(self.llm):
             p.data = p.data.float()
         self.sequential_answer = config["sequential_answer"] or "label"
+        if "sequential" in self.tasks and self.sequential_answer != "label":  # packed rows need custom block masks
+            check_packed_attention(self.attention_implementation)
         self.renderer = PromptRenderer(config["prompt_templates"], self.item_texts, USER_TOKEN, ITEM_TOKEN,
                                        sequential_answer=self.sequential_answer, stats=config["prompt_stats"])
         # tasks whose answer is one token of a fixed set: their loss and scores use only that set's logits
