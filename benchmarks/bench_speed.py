@@ -84,7 +84,7 @@ def _batches(config, dataset, train_data, model, n, batch_size, seed=0):
     return out
 
 
-def plain_lora(config, model):
+def plain_lora(config, model, dataset):
     """The same LM (same weights, precision and tokenizer, slot tokens as plain tokens) with ONE peft LoRA on
     the same targets and rank as CKF's shared adapter."""
     from peft import LoraConfig, get_peft_model
@@ -92,7 +92,7 @@ def plain_lora(config, model):
     from recbole_ckf.model.llm import load_llm, resolve_precision
 
     dtype = torch.bfloat16 if resolve_precision(config["precision"], "cpu") == "bf16" else torch.float32
-    llm = load_llm(config["llm"], config["llm_cache_dir"], texts=model._corpus(config, None, model.item_texts)
+    llm = load_llm(config["llm"], config["llm_cache_dir"], texts=model._corpus(config, dataset, model.item_texts)
                    if config["llm"] == "tiny" else None, seed=config["seed"], dtype=dtype)
     lora = LoraConfig(r=config["lora_r_shared"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"],
                       target_modules=list(config["lora_target_modules"]), bias="none", task_type="CAUSAL_LM")
@@ -103,10 +103,18 @@ def plain_lora(config, model):
     return peft_model
 
 
-def plain_loss(peft_model, batch):
-    """A plain causal-LM loss with logits only at the answer positions (full vocabulary there)."""
+def plain_loss(peft_model, batch, yes_no):
+    """A plain causal-LM loss with logits only at the answer positions (full vocabulary there). Pointwise
+    sequential rows (``block_ends``): the same tokens with a plain causal mask, Yes (true candidate) or No at the
+    end of every candidate block."""
     base = peft_model.get_base_model()
     hidden = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    if "block_ends" in batch:
+        owner = batch["block_owner"]
+        column = torch.arange(owner.numel()) - torch.searchsorted(owner, owner)
+        targets = torch.where(column == batch["label"].long()[owner], yes_no[0], yes_no[1])
+        logits = (hidden.reshape(-1, hidden.shape[-1])[batch["block_ends"]] @ base.lm_head.weight.T).float()
+        return F.cross_entropy(logits, targets)
     targets = batch["labels"][:, 1:]
     where = targets != -100
     logits = (hidden[:, :-1][where] @ base.lm_head.weight.T).float()
@@ -151,10 +159,12 @@ def train_speed(llm, n_steps, batch_size):
                                    torch.optim.AdamW(params, lr=1e-4))
             meta[name] = {"trainable_parameters": sum(p.numel() for p in params)}
         else:
-            plain = plain_lora(config, ckf_for_plain)
+            plain = plain_lora(config, ckf_for_plain, train_data.dataset)
             plain.train()
             params = [p for p in plain.parameters() if p.requires_grad]
-            variants[name] = _step(lambda b, m=plain: plain_loss(m, b), params, torch.optim.AdamW(params, lr=1e-4))
+            yes_no = ckf_for_plain.answer_ids["ctr"]
+            variants[name] = _step(lambda b, m=plain: plain_loss(m, b, yes_no), params,
+                                   torch.optim.AdamW(params, lr=1e-4))
             meta[name] = {"trainable_parameters": sum(p.numel() for p in params)}
         meta[name]["settings"] = {k: config[k] for k in ("precision", "lora_target_modules", "lora_dropout",
                                                          "lora_r_shared", "lora_r_task")}

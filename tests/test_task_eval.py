@@ -379,3 +379,39 @@ def test_pointwise_training_loss_is_a_softmax_over_the_candidates(setup, pointwi
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.bridge.proj_item.parameters())
     model.zero_grad()
     model.eval()
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(setup):
+    """``gradient_checkpointing: True`` recomputes the decoder layers in backward: the loss and every trainable
+    gradient (LoRA, bridge, answer head) are those of the plain backward, for slotted and text-only prompts."""
+    from recbole_ckf.data.collate import collate
+
+    model, encoder = setup["model"], setup["encoder"]
+    base = model.llm.get_base_model()
+    lora, bridge, head = model.trainable_parameters()
+    params = lora + bridge + head
+    batch = collate([encoder.encode(x, True) for x in setup["samples"]["rating"][:3]], model.tokenizer.pad_token_id)
+
+    def run(slotted):
+        model.zero_grad()
+        loss = model.calculate_loss(batch, slotted)
+        loss.backward()
+        return loss.detach(), [None if p.grad is None else p.grad.clone() for p in params]
+
+    model.train()
+    try:
+        plain = [run(True), run(False)]
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        assert base.is_activation_checkpointing
+        checkpointed = [run(True), run(False)]
+    finally:
+        base.activation_checkpointing_disable()
+        model.zero_grad()
+        model.eval()
+    for (loss_a, grads_a), (loss_b, grads_b) in zip(plain, checkpointed):
+        torch.testing.assert_close(loss_a, loss_b, atol=1e-6, rtol=1e-6)
+        assert sum(g is not None and g.abs().sum() > 0 for g in grads_a) > 10  # (LoRA B starts at 0: A gets none)
+        for a, b in zip(grads_a, grads_b):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -63,6 +63,16 @@ class CKF(GeneralRecommender):
             target_modules=list(config["lora_target_modules"]), multi_lora=config["multi_lora"])
         for p in trainable_lora_parameters(self.llm):
             p.data = p.data.float()
+        if config["gradient_checkpointing"]:
+            # training keeps each decoder layer's input only and recomputes the layer in backward: less memory,
+            # more time. Non-reentrant: LoRA weights get gradients even where the layer input needs none
+            # (text-only prompts)
+            base = self.llm.get_base_model()
+            enable = getattr(base, "activation_checkpointing_enable", None)  # transformers >= 5.x's name
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.sequential_answer = config["sequential_answer"] or "label"
         if "sequential" in self.tasks and self.sequential_answer != "label":  # packed rows need custom block masks
             check_packed_attention(self.attention_implementation)
