@@ -12,6 +12,7 @@ import torch
 from recbole_ckf.data.collate import collate
 from recbole_ckf.evaluator.common import batches, eval_mode, length_sorted, llm_device, n_batches, progress, \
     prompt_only, to_device
+from recbole_ckf.trainer.runtime import release_memory
 
 
 def predict_answer_logits(model, encoder, samples, slotted=True, batch_size=16, autocast=False,
@@ -35,6 +36,8 @@ def predict_answer_logits(model, encoder, samples, slotted=True, batch_size=16, 
             batch = to_device(collate([encoded[k] for k in idx], model.tokenizer.pad_token_id), device)
             for k, row in zip(idx, model.answer_logits(batch, slotted).float().cpu()):
                 out[k] = row
+            del batch
+            release_memory()  # packed rows of many lengths fragment the heap: hand freed pages back per pass
     width = max(len(row) for row in out)  # pointwise sequential rows: as wide as their batch's longest list
     return torch.stack([torch.cat([row, row.new_full((width - len(row),), float("-inf"))]) for row in out])
 

@@ -54,7 +54,7 @@ from recbole_ckf.evaluator.explanation import DEFAULT_EXPLANATION_TOKENS, genera
 from recbole_ckf.evaluator.pointwise import predict_answer_logits
 from recbole_ckf.evaluator.sequential import ranking_scores, score_candidates, score_listwise
 from recbole_ckf.evaluator.text_metrics import PRED_KEY, REF_KEY
-from recbole_ckf.trainer.runtime import release_memory
+from recbole_ckf.trainer.runtime import peak_rss_gib, release_memory
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,8 @@ def score_tasks(model, samples, encoder, config, slotted=True, show_progress=Fal
             scores.refs = [s.answer for s in task_samples]
         out[task] = scores
         release_memory()
-        logger.info("%s: %d samples scored in %.1f s", task, len(task_samples), time.perf_counter() - start)
+        logger.info("%s: %d samples scored in %.1f s (peak RSS so far %.2f GiB)", task, len(task_samples),
+                    time.perf_counter() - start, peak_rss_gib())
     return out
 
 
