@@ -258,15 +258,13 @@ class Recommender:
                 owner.append(r)
         if not samples:
             return [[] for _ in requests]
-        if model.sequential_answer == "pointwise":  # each block sees the prefix only: log-odds need no normalising
+        if "sequential" in model.answer_ids:
             logits = predict_answer_logits(model, self.encoder, samples, bool(model.use_cf), self.batch_size,
                                            self.autocast)
             rows = [row[: len(s.candidates)].double() for row, s in zip(logits, samples)]
-        elif "sequential" in model.answer_ids:
-            logits = predict_answer_logits(model, self.encoder, samples, bool(model.use_cf), self.batch_size,
-                                           self.autocast)
-            rows = [row[: len(s.candidates)].double().log_softmax(-1) + math.log(len(s.candidates))
-                    for row, s in zip(logits, samples)]
+            if model.sequential_answer == "label":  # letters: lift over a uniform pick in the list
+                rows = [row.log_softmax(-1) + math.log(len(row)) for row in rows]
+            # pointwise: each block sees the shared prefix only, its log-odds need no normalising
         else:  # sequential_answer: title: mean log-probability of each item's text
             rows = self._title_scores(samples)
         scores = [{} for _ in requests]

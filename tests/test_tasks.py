@@ -410,3 +410,17 @@ def test_prompt_stats_hold_only_what_the_sample_may_see(amazon, amazon_train_sam
     x = next(x for x in amazon_train_samples["ctr"] if x.user_stats[0] >= 2)
     prompt = s["model"].renderer.render(x, slotted=True)[0]
     assert f"({x.user_stats[0]} ratings, avg {x.user_stats[1]:.1f} stars)" in prompt
+
+
+@pytest.mark.parametrize("templates, message", [
+    ({"sequential": "{candidates}"}, "needs the template 'sequential_pointwise'"),
+    ({"sequential_pointwise": "{item} {user}"}, "'{item}' must be the template's last placeholder"),
+    ({"sequentiel": "{item}"}, "unknown task 'sequentiel'"),
+])
+def test_pointwise_template_mistakes_are_one_line_errors(templates, message):
+    from recbole_ckf.data.templates import PromptRenderer
+    from recbole_ckf.errors import CKFError
+
+    with pytest.raises(CKFError, match=message.replace("{", r"\{").replace("}", r"\}").replace("(", r"\(")) as err:
+        PromptRenderer(templates, {}, "<u>", "<i>", sequential_answer="pointwise")
+    assert "\n" not in str(err.value)
