@@ -1,5 +1,6 @@
 """The frozen CF backbone: same split, final (propagated) tables, checkpoints, no leakage, clear errors."""
 
+import glob
 import os
 import sys
 
@@ -53,10 +54,11 @@ def trained(tmp_path_factory):
     fit = Trainer.fit
 
     def spy(self, train_data, valid_data=None, **kwargs):
-        seen.update(trainer=self, train_data=train_data, valid_data=valid_data)
+        seen.update(trainer=self, train_data=train_data, valid_data=valid_data, threads=torch.get_num_threads())
         return fit(self, train_data, valid_data, **kwargs)
 
     mp.setattr(Trainer, "fit", spy)
+    threads = torch.get_num_threads()
     try:
         config = _ckf_config()
         dataset, train_data, valid_data, test_data = load_data(config)
@@ -64,7 +66,40 @@ def trained(tmp_path_factory):
     finally:
         mp.undo()
     return dict(config=config, dataset=dataset, train_data=train_data, valid_data=valid_data, test_data=test_data,
-                tables=tables, seen=seen)
+                tables=tables, seen=seen, threads_before=threads, threads_after=torch.get_num_threads())
+
+
+def test_backbone_trains_on_backbone_threads_and_restores_the_count(trained):
+    assert trained["config"]["backbone_threads"] == 1
+    assert trained["seen"]["threads"] == 1
+    assert trained["threads_after"] == trained["threads_before"]
+
+
+def test_backbone_tables_are_bitwise_identical_across_processes(tmp_path):
+    """Two CKF runs (tiny LM, 2 torch threads) train the same LightGCN: bitwise identical tables. With 2 threads
+    during the backbone's own training they differed by up to 1.5e-7 from one process to the next (not when
+    LightGCN trained alone in a process: something a CKF run sets up before the backbone trains matters)."""
+    import subprocess
+
+    from conftest import REPO
+
+    tables = []
+    for k in range(2):
+        folder = tmp_path / str(k)
+        run = subprocess.run(
+            [sys.executable, os.path.join(REPO, "run_recbole_ckf.py"), "--model=CKF", "--dataset=amazon-instruments",
+             "--llm=tiny", f"--llm_cache_dir={tmp_path / 'cache'}", f"--checkpoint_dir={folder / 'saved'}",
+             "--tasks=['ctr']", "--train_samples_per_task=4", "--epochs=1", "--valid_users=4", "--eval_users=4",
+             "--score_fusion=none", "--show_progress=False", "--state=WARNING"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore",
+                 "HF_HUB_OFFLINE": "1"})
+        assert run.returncode == 0, run.stderr[-2000:]
+        path, = glob.glob(str(folder / "saved" / "LightGCN-*.pth"))
+        tables.append(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+    assert tables[0].keys() == tables[1].keys()
+    for key in tables[0]:
+        assert torch.equal(tables[0][key], tables[1][key]), key
 
 
 def test_backbone_config_uses_the_ckf_split_and_its_own_training_keys(trained):
