@@ -84,9 +84,11 @@ def _batches(config, dataset, train_data, model, n, batch_size, seed=0):
     return out
 
 
-def plain_lora(config, model, dataset):
+def plain_lora(config, model, dataset, lora_in_input_dtype=False):
     """The same LM (same weights, precision and tokenizer, slot tokens as plain tokens) with ONE peft LoRA on
-    the same targets and rank as CKF's shared adapter."""
+    the same targets and rank as CKF's shared adapter, float32 adapter weights. peft's way casts each adapted
+    layer's input to float32; ``lora_in_input_dtype`` multiplies in the frozen weights' dtype instead (CKF's
+    ``lora_compute: auto``), the reference at CKF's own adapter precision."""
     from peft import LoraConfig, get_peft_model
 
     from recbole_ckf.model.llm import load_llm, resolve_precision
@@ -100,6 +102,10 @@ def plain_lora(config, model, dataset):
     for p in peft_model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
+    if lora_in_input_dtype:
+        from recbole_ckf.model.multi_lora import compute_in_input_dtype
+
+        compute_in_input_dtype(peft_model)
     return peft_model
 
 
@@ -137,12 +143,14 @@ def train_speed(llm, n_steps, batch_size):
     settings = {
         "ckf_bf16": dict(precision="bf16"),
         "plain_bf16": dict(precision="bf16"),
+        "ckf_bf16_lora_fp32": dict(precision="bf16", lora_compute="fp32"),
+        "plain_bf16_lora_bf16": dict(precision="bf16"),
         "ckf_fp32": dict(precision="fp32"),
         "plain_fp32": dict(precision="fp32"),
         "ckf_bf16_all_linear": dict(precision="bf16", lora_target_modules=ALL_LINEAR),
         "ckf_bf16_dropout_0.05": dict(precision="bf16", lora_dropout=0.05),
     }
-    batches = None
+    batches, n_warmup = None, None
     for name, overrides in settings.items():
         config = _config(llm, **overrides)
         if name.startswith("ckf"):
@@ -153,13 +161,14 @@ def train_speed(llm, n_steps, batch_size):
             for p in params:
                 p.requires_grad_(True)
             if batches is None:
-                batches = _batches(config, dataset, train_data, model, n_steps + 1, batch_size)
+                n_warmup = len(model.tasks)
+                batches = _batches(config, dataset, train_data, model, n_steps + n_warmup, batch_size)
                 ckf_for_plain = model
             variants[name] = _step(lambda b, m=model: m.calculate_loss(b, True), params,
                                    torch.optim.AdamW(params, lr=1e-4))
             meta[name] = {"trainable_parameters": sum(p.numel() for p in params)}
         else:
-            plain = plain_lora(config, ckf_for_plain, train_data.dataset)
+            plain = plain_lora(config, ckf_for_plain, train_data.dataset, lora_in_input_dtype=name.endswith("lora_bf16"))
             plain.train()
             params = [p for p in plain.parameters() if p.requires_grad]
             yes_no = ckf_for_plain.answer_ids["ctr"]
@@ -168,11 +177,13 @@ def train_speed(llm, n_steps, batch_size):
             meta[name] = {"trainable_parameters": sum(p.numel() for p in params)}
         meta[name]["settings"] = {k: config[k] for k in ("precision", "lora_target_modules", "lora_dropout",
                                                          "lora_r_shared", "lora_r_task")}
-    for name, run in variants.items():  # warm-up, not timed
-        run(batches[0])
+    for name, run in variants.items():  # warm-up, not timed: one batch of every task (first-use costs of each
+        for batch in batches[:n_warmup]:  # task's code path, e.g. packed rows' block masks)
+            run(batch)
+    timed = batches[n_warmup:]
     times = {n: [] for n in variants}
-    tokens = [int(b["attention_mask"].sum()) for b in batches[1:]]
-    for k, batch in enumerate(batches[1:]):
+    tokens = [int(b["attention_mask"].sum()) for b in timed]
+    for k, batch in enumerate(timed):
         names = list(variants)
         for name in names[k % len(names):] + names[:k % len(names)]:
             t = time.perf_counter()
@@ -180,13 +191,17 @@ def train_speed(llm, n_steps, batch_size):
             times[name].append(time.perf_counter() - t)
     tok_s = {n: sum(tokens) / sum(ts) for n, ts in times.items()}
     return {
-        "llm": llm, "batches": len(batches) - 1, "batch_size": batch_size, "tasks": [b["task"] for b in batches[1:]],
+        "llm": llm, "batches": len(timed), "warmup_batches": n_warmup, "batch_size": batch_size,
+        "tasks": [b["task"] for b in timed],
         "tokens_per_batch": tokens, "variants": meta,
         "step_seconds": {n: [round(t, 3) for t in ts] for n, ts in times.items()},
         "median_step_seconds": {n: round(statistics.median(ts), 3) for n, ts in times.items()},
         "tokens_per_s": {n: round(v, 1) for n, v in tok_s.items()},
         "ratio_ckf_vs_plain_bf16": round(tok_s["ckf_bf16"] / tok_s["plain_bf16"], 3),
         "ratio_ckf_vs_plain_fp32": round(tok_s["ckf_fp32"] / tok_s["plain_fp32"], 3),
+        "ratio_ckf_vs_plain_bf16_lora_bf16": round(tok_s["ckf_bf16"] / tok_s["plain_bf16_lora_bf16"], 3),
+        "ratio_ckf_lora_fp32_vs_plain_bf16": round(tok_s["ckf_bf16_lora_fp32"] / tok_s["plain_bf16"], 3),
+        "ratio_lora_bf16_vs_fp32_compute": round(tok_s["ckf_bf16"] / tok_s["ckf_bf16_lora_fp32"], 3),
         "ratio_ckf_bf16_vs_fp32": round(tok_s["ckf_bf16"] / tok_s["ckf_fp32"], 3),
         "ratio_attention_only_vs_all_linear": round(tok_s["ckf_bf16"] / tok_s["ckf_bf16_all_linear"], 3),
         "ratio_dropout_0_vs_0.05": round(tok_s["ckf_bf16"] / tok_s["ckf_bf16_dropout_0.05"], 3),
@@ -255,6 +270,9 @@ def table(train, evaluation, memory):
     lines.append(f"  CKF / plain: bf16 {train['ratio_ckf_vs_plain_bf16']:.2f}x, fp32 {train['ratio_ckf_vs_plain_fp32']:.2f}x;"
                  f" CKF bf16 / fp32 {train['ratio_ckf_bf16_vs_fp32']:.2f}x; attention-only / all-linear "
                  f"{train['ratio_attention_only_vs_all_linear']:.2f}x; dropout 0 / 0.05 {train['ratio_dropout_0_vs_0.05']:.2f}x")
+    lines.append(f"  adapters multiplying in bf16 (lora_compute auto) / fp32: {train['ratio_lora_bf16_vs_fp32_compute']:.2f}x; "
+                 f"CKF / plain with bf16 adapter compute {train['ratio_ckf_vs_plain_bf16_lora_bf16']:.2f}x; CKF with fp32 "
+                 f"adapter compute / plain (peft's way) {train['ratio_ckf_lora_fp32_vs_plain_bf16']:.2f}x")
     lines.append(f"evaluation users/s ({evaluation['precision']}, sequential {evaluation['sequential_answer']}):")
     lines += [f"  {task:<12} {v['users_per_s']:>7.2f} users/s ({v['users']} users, {v['seconds']} s)"
               for task, v in evaluation["tasks"].items()]
