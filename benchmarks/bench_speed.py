@@ -84,11 +84,9 @@ def _batches(config, dataset, train_data, model, n, batch_size, seed=0):
     return out
 
 
-def plain_lora(config, model, dataset, lora_in_input_dtype=False):
+def plain_lora(config, model, dataset):
     """The same LM (same weights, precision and tokenizer, slot tokens as plain tokens) with ONE peft LoRA on
-    the same targets and rank as CKF's shared adapter, float32 adapter weights. peft's way casts each adapted
-    layer's input to float32; ``lora_in_input_dtype`` multiplies in the frozen weights' dtype instead (CKF's
-    ``lora_compute: auto``), the reference at CKF's own adapter precision."""
+    the same targets and rank as CKF's shared adapter, float32 adapter weights (as CKF's)."""
     from peft import LoraConfig, get_peft_model
 
     from recbole_ckf.model.llm import load_llm, resolve_precision
@@ -102,10 +100,6 @@ def plain_lora(config, model, dataset, lora_in_input_dtype=False):
     for p in peft_model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
-    if lora_in_input_dtype:
-        from recbole_ckf.model.multi_lora import compute_in_input_dtype
-
-        compute_in_input_dtype(peft_model)
     return peft_model
 
 
@@ -143,8 +137,6 @@ def train_speed(llm, n_steps, batch_size):
     settings = {
         "ckf_bf16": dict(precision="bf16"),
         "plain_bf16": dict(precision="bf16"),
-        "ckf_bf16_lora_fp32": dict(precision="bf16", lora_compute="fp32"),
-        "plain_bf16_lora_bf16": dict(precision="bf16"),
         "ckf_fp32": dict(precision="fp32"),
         "plain_fp32": dict(precision="fp32"),
         "ckf_bf16_all_linear": dict(precision="bf16", lora_target_modules=ALL_LINEAR),
@@ -168,7 +160,7 @@ def train_speed(llm, n_steps, batch_size):
                                    torch.optim.AdamW(params, lr=1e-4))
             meta[name] = {"trainable_parameters": sum(p.numel() for p in params)}
         else:
-            plain = plain_lora(config, ckf_for_plain, train_data.dataset, lora_in_input_dtype=name.endswith("lora_bf16"))
+            plain = plain_lora(config, ckf_for_plain, train_data.dataset)
             plain.train()
             params = [p for p in plain.parameters() if p.requires_grad]
             yes_no = ckf_for_plain.answer_ids["ctr"]
@@ -199,9 +191,6 @@ def train_speed(llm, n_steps, batch_size):
         "tokens_per_s": {n: round(v, 1) for n, v in tok_s.items()},
         "ratio_ckf_vs_plain_bf16": round(tok_s["ckf_bf16"] / tok_s["plain_bf16"], 3),
         "ratio_ckf_vs_plain_fp32": round(tok_s["ckf_fp32"] / tok_s["plain_fp32"], 3),
-        "ratio_ckf_vs_plain_bf16_lora_bf16": round(tok_s["ckf_bf16"] / tok_s["plain_bf16_lora_bf16"], 3),
-        "ratio_ckf_lora_fp32_vs_plain_bf16": round(tok_s["ckf_bf16_lora_fp32"] / tok_s["plain_bf16"], 3),
-        "ratio_lora_bf16_vs_fp32_compute": round(tok_s["ckf_bf16"] / tok_s["ckf_bf16_lora_fp32"], 3),
         "ratio_ckf_bf16_vs_fp32": round(tok_s["ckf_bf16"] / tok_s["ckf_fp32"], 3),
         "ratio_attention_only_vs_all_linear": round(tok_s["ckf_bf16"] / tok_s["ckf_bf16_all_linear"], 3),
         "ratio_dropout_0_vs_0.05": round(tok_s["ckf_bf16"] / tok_s["ckf_bf16_dropout_0.05"], 3),
@@ -270,9 +259,6 @@ def table(train, evaluation, memory):
     lines.append(f"  CKF / plain: bf16 {train['ratio_ckf_vs_plain_bf16']:.2f}x, fp32 {train['ratio_ckf_vs_plain_fp32']:.2f}x;"
                  f" CKF bf16 / fp32 {train['ratio_ckf_bf16_vs_fp32']:.2f}x; attention-only / all-linear "
                  f"{train['ratio_attention_only_vs_all_linear']:.2f}x; dropout 0 / 0.05 {train['ratio_dropout_0_vs_0.05']:.2f}x")
-    lines.append(f"  adapters multiplying in bf16 (lora_compute auto) / fp32: {train['ratio_lora_bf16_vs_fp32_compute']:.2f}x; "
-                 f"CKF / plain with bf16 adapter compute {train['ratio_ckf_vs_plain_bf16_lora_bf16']:.2f}x; CKF with fp32 "
-                 f"adapter compute / plain (peft's way) {train['ratio_ckf_lora_fp32_vs_plain_bf16']:.2f}x")
     lines.append(f"evaluation users/s ({evaluation['precision']}, sequential {evaluation['sequential_answer']}):")
     lines += [f"  {task:<12} {v['users_per_s']:>7.2f} users/s ({v['users']} users, {v['seconds']} s)"
               for task, v in evaluation["tasks"].items()]

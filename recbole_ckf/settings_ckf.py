@@ -114,7 +114,6 @@ def check_ckf(config, tasks, explicit_valid_metric):
 # CKF keys with a fixed set of values (checked before anything is read; ~ means the key's default)
 CKF_CHOICES = {
     "precision": ("auto", "fp32", "bf16"),
-    "lora_compute": ("auto", "fp32"),
     "sequential_answer": ("label", "title", "pointwise"),
     "sequential_score": ("mean", "sum"),
     "score_fusion": ("none", "backbone"),

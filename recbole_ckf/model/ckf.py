@@ -24,9 +24,7 @@ from recbole_ckf.data.item_text import N_STATS, build_item_texts, token_text
 from recbole_ckf.data.templates import LABELS, PromptRenderer
 from recbole_ckf.model.llm import ITEM_TOKEN, TINY_LABEL, USER_TOKEN, answer_token_ids, load_llm, resolve_precision
 from recbole_ckf.model.meta_network import MetaNetworkBridge, inject_slots
-from recbole_ckf.model.multi_lora import (
-    activate, attach_multi_lora, compute_in_input_dtype, trainable_lora_parameters,
-)
+from recbole_ckf.model.multi_lora import activate, attach_multi_lora, trainable_lora_parameters
 from recbole_ckf.model.packing import block_masks, check_packed_attention
 
 _LOGIT_CHUNK_ELEMENTS = 1 << 25  # rows x vocab per log-softmax chunk (Gemma: 128 rows, 128 MiB in float32)
@@ -65,8 +63,6 @@ class CKF(GeneralRecommender):
             target_modules=list(config["lora_target_modules"]), multi_lora=config["multi_lora"])
         for p in trainable_lora_parameters(self.llm):
             p.data = p.data.float()
-        if config["lora_compute"] != "fp32":  # auto: the adapters multiply in the frozen weights' dtype
-            compute_in_input_dtype(self.llm)
         if config["gradient_checkpointing"]:
             # training keeps each decoder layer's input only and recomputes the layer in backward: less memory,
             # more time. Non-reentrant: LoRA weights get gradients even where the layer input needs none

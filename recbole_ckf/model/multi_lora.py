@@ -19,7 +19,6 @@ parameters, state dict).
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
@@ -114,29 +113,6 @@ def attach_multi_lora(
     peft_model.ckf_multi_lora = config
     _set_active(peft_model, [SHARED])
     return peft_model
-
-
-class _InputDtypeLinear(torch.nn.Linear):
-    """A LoRA factor (lora_A / lora_B) that keeps its weight in float32 (so the optimizer updates float32
-    weights and states) but multiplies in its input's dtype. peft instead casts the *input* to the weight's
-    dtype: with bf16 frozen weights that is one float32 copy of every adapted layer's input, kept for backward,
-    and a float32 sum with the frozen layer's output."""
-
-    def forward(self, x):
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.weight.to(x.dtype), bias)
-
-
-def compute_in_input_dtype(model):
-    """Make every adapter compute in the dtype of the frozen layers it adapts (bf16 frozen weights: bf16 matmuls),
-    its weights staying as they are (float32 in CKF). Parameter names and state dicts are unchanged; peft's
-    input cast is switched off (``cast_input_dtype_enabled``, peft's own switch)."""
-    for layer in _lora_layers(model):
-        layer.cast_input_dtype_enabled = False
-        for name in ("lora_A", "lora_B"):
-            for module in getattr(layer, name).values():
-                if type(module) is torch.nn.Linear:
-                    module.__class__ = _InputDtypeLinear
 
 
 def get_multi_lora_config(model):
