@@ -132,9 +132,10 @@ def check_ckf_choices(config):
         value = config[key]
         if value is not None and str(value) not in choices:
             raise CKFError(f"{key}: expected one of {', '.join(choices)}, got {_q(value)}")
-    threads = config["backbone_threads"]
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise CKFError(f"backbone_threads: expected an integer >= 1 (or ~ for torch's thread count), got {_q(threads)}")
+    for key, none_means in (("backbone_threads", "torch's thread count"), ("max_tokens_per_pass", "no limit")):
+        value = config[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise CKFError(f"{key}: expected an integer >= 1 (or ~ for {none_means}), got {_q(value)}")
     for key in CKF_RATES:
         value = config[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):

@@ -415,3 +415,42 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(setup):
             assert (a is None) == (b is None)
             if a is not None:
                 torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["sequential", "explanation"])
+def test_a_batch_split_into_passes_gives_the_batch_gradient(setup, pointwise, task):
+    """``max_tokens_per_pass``: a batch cut into passes (each loss weighted by its share of rows / answer tokens)
+    gives the loss and gradients of the batch in one pass."""
+    from recbole_ckf.data.collate import collate
+    from recbole_ckf.trainer.trainer import token_chunks, training_passes
+
+    model, encoder = pointwise
+    rows = [encoder.encode(x, True) for x in setup["samples"][task][:3]]
+    budget = max(len(r.input_ids) for r in rows) + 1  # one row per pass
+    assert [len(c) for c in token_chunks(rows, budget)] == [1, 1, 1]
+    assert [len(c) for c in token_chunks(rows, None)] == [3]
+    params = [p for group in model.trainable_parameters() for p in group]
+
+    def run(passes):
+        model.zero_grad()
+        total = 0.0
+        for batch, weight in passes:
+            part = model.calculate_loss(batch, True) * weight
+            part.backward()
+            total = total + part.detach()
+        return total, [None if p.grad is None else p.grad.clone() for p in params]
+
+    model.train()
+    try:
+        whole = run([(collate(rows, model.tokenizer.pad_token_id), 1.0)])
+        split = run(training_passes(model, rows, budget))
+    finally:
+        model.zero_grad()
+        model.eval()
+    assert len(training_passes(model, rows, budget)) == 3
+    torch.testing.assert_close(whole[0], split[0], atol=1e-5, rtol=1e-5)
+    assert sum(g is not None and g.abs().sum() > 0 for g in whole[1]) > 10
+    for a, b in zip(whole[1], split[1]):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

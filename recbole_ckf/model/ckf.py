@@ -205,6 +205,13 @@ class CKF(GeneralRecommender):
         where = targets != -100
         return F.cross_entropy(self.logits(hidden[:, :-1][where]), targets[where])
 
+    def loss_units(self, batch):
+        """What :meth:`calculate_loss` averages over: rows for one-token answers and packed sequential rows,
+        answer tokens otherwise. A batch trained in several passes weights each pass's loss by its share."""
+        if "block_ends" in batch or (batch["task"] in self.answer_ids and self.config["restricted_loss"] is not False):
+            return int(batch["input_ids"].shape[0])
+        return int((batch["labels"][:, 1:] != -100).sum())
+
     # ---- scoring (deterministic): what the evaluator calls ------------------------------------------
     @property
     def lm_device(self):

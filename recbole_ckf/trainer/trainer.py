@@ -18,6 +18,7 @@ Accelerate owns devices and processes: ``accelerate launch run_recbole_ckf.py ..
 several processes (each takes its share of every batch; all take the same task at the same step).
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -43,6 +44,30 @@ from recbole_ckf.trainer.checkpoint import load_checkpoint, record_adjustments, 
 from recbole_ckf.trainer.runtime import peak_rss_gib, release_memory, resolve_mixed_precision, use_cpu  # noqa: F401
 from recbole_ckf.trainer.schedule import curriculum_weight, epoch_plan, epoch_selection, lr_lambdas  # noqa: F401
 from recbole_ckf.utils import stable_hash
+
+
+def token_chunks(rows, budget):
+    """``rows`` (encoded samples, in batch order) cut into consecutive groups of at most ``budget`` padded tokens
+    (rows x longest row) each; a row longer than ``budget`` is a group of its own. ``budget`` None: one group."""
+    if not budget:
+        return [rows]
+    chunks, chunk = [], []
+    for row in rows:
+        longest = max([len(r.input_ids) for r in chunk] + [len(row.input_ids)])
+        if chunk and (len(chunk) + 1) * longest > budget:
+            chunks.append(chunk)
+            chunk = []
+        chunk.append(row)
+    return chunks + [chunk]
+
+
+def training_passes(model, rows, budget):
+    """The passes one training batch of ``rows`` runs as: ``[(collated batch, weight)]``, at most ``budget``
+    padded tokens each (:func:`token_chunks`), each weighted by its share of what ``model.calculate_loss``
+    averages over (``model.loss_units``), so that the weighted losses' gradients sum to the whole batch's."""
+    passes = [collate(chunk, model.tokenizer.pad_token_id) for chunk in token_chunks(rows, budget)]
+    units = [model.loss_units(b) for b in passes]
+    return [(b, n / max(sum(units), 1)) for b, n in zip(passes, units)]
 
 
 @dataclasses.dataclass
@@ -301,11 +326,18 @@ class CKFTrainer(AbstractTrainer):
             # with probability w: the same expected loss and gradient at one forward pass per step.
             slotted = bool(np.random.default_rng([self.seed, 7, step]).random() < w)
             mode = "slot" if slotted else "text"
-            batch = self._to_device(collate([encoded[mode][task][int(i)] for i in mine], model.tokenizer.pad_token_id))
-            tokens += int(batch["attention_mask"].sum())
+            # a batch longer than max_tokens_per_pass (packed sequential rows) runs as several passes, each loss
+            # weighted by its share of the batch's loss: the batch's gradient, with a fraction of the activations
+            passes = training_passes(model, [encoded[mode][task][int(i)] for i in mine], config["max_tokens_per_pass"])
+            tokens += sum(int(b["attention_mask"].sum()) for b, _ in passes)
             with acc.accumulate(wrapped):
-                loss = wrapped(batch, slotted=slotted)
-                acc.backward(loss)
+                loss = 0.0
+                for k, (batch, weight) in enumerate(passes):
+                    with acc.no_sync(wrapped) if k < len(passes) - 1 else contextlib.nullcontext():
+                        part = wrapped(self._to_device(batch), slotted=slotted) * weight
+                        acc.backward(part)
+                    loss = loss + part.detach()
+                    del part, batch
                 if acc.sync_gradients and config["clip_grad_norm"]:
                     # each group to its own norm: the answer head's gradient (p - y) h has norm ~|h| (~90 in
                     # Gemma), and one global norm would shrink the adapters' and bridge's steps ~50x exactly
@@ -317,8 +349,8 @@ class CKFTrainer(AbstractTrainer):
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)  # never zeros: inactive adapters must stay untouched
             step += 1
-            losses.append(loss.detach().item())
-            del loss, batch
+            losses.append(float(loss))
+            del loss, passes
             release_memory()  # this step's activations, before the next step allocates its own
             per_task.setdefault(task, []).append(losses[-1])
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", tok_s=f"{tokens / (time.time() - t0):.0f}", w=f"{w:.2f}")
