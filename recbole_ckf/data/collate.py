@@ -108,12 +108,12 @@ class Encoder:
                        *self._stats(sample, slot_items), blocks=[len(b) for b in block_ids])
 
 
-def packed_layout(encoded):
-    """``(segments, positions)`` of a packed row (lists): segment 0 for the prefix, k for block k; positions
-    count through the prefix and restart after it for every block (each block sits where it would alone)."""
-    prefix = len(encoded.input_ids) - sum(encoded.blocks)
+def packed_layout(prefix, blocks):
+    """``(segments, positions)`` (lists) of a packed row of ``prefix`` tokens then blocks of ``blocks`` tokens each:
+    segment 0 for the prefix, k for block k; positions count through the prefix and restart after it for every
+    block (each block sits where it would alone)."""
     seg, pos = [0] * prefix, list(range(prefix))
-    for k, n in enumerate(encoded.blocks, 1):
+    for k, n in enumerate(blocks, 1):
         seg += [k] * n
         pos += list(range(prefix, prefix + n))
     return seg, pos
@@ -169,7 +169,7 @@ def collate(batch, pad_id):
         pos = torch.zeros((len(batch), n), dtype=torch.long)
         ends, owner = [], []
         for b, e in enumerate(batch):
-            s, p = packed_layout(e)
+            s, p = packed_layout(len(e.input_ids) - sum(e.blocks), e.blocks)
             seg[b, :len(s)], pos[b, :len(p)] = torch.tensor(s), torch.tensor(p)
             end = len(e.input_ids) - sum(e.blocks)
             for k in e.blocks:

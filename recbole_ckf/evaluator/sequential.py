@@ -49,7 +49,7 @@ import dataclasses
 
 import torch
 
-from recbole_ckf.data.collate import collate
+from recbole_ckf.data.collate import collate, packed_layout
 from recbole_ckf.evaluator.common import batches, eval_mode, llm_device, n_batches, progress, prompt_only, \
     to_device
 from recbole_ckf.evaluator.pointwise import predict_answer_logits
@@ -85,18 +85,15 @@ def _packed_scores(model, prompts, answers, slotted, reduction, device):
     owners = []  # per sample: for each candidate, its unique block number
     blocks = []  # per sample: list of (start index, answer ids) of unique answers
     for enc, cands in zip(prompts, answers):
-        ids, seg, pos = list(enc.input_ids), [0] * enc.prompt_len, list(range(enc.prompt_len))
-        seen, owner, blk = {}, [], []
-        for ans in cands:
+        ids, seen, owner, blk = list(enc.input_ids), {}, [], []
+        for ans in cands:  # each distinct answer text once, as one block
             key = tuple(ans)
             if key not in seen:
                 seen[key] = len(blk)
                 blk.append((len(ids), ans))
-                fed = ans[:-1]  # the last answer token predicts nothing
-                ids += fed
-                seg += [len(blk)] * len(fed)
-                pos += [enc.prompt_len + j for j in range(len(fed))]
+                ids += ans[:-1]  # the last answer token predicts nothing
             owner.append(seen[key])
+        seg, pos = packed_layout(enc.prompt_len, [len(ans) - 1 for _, ans in blk])
         rows_ids.append(ids), rows_seg.append(seg), rows_pos.append(pos)
         owners.append(owner), blocks.append(blk)
     T = max(len(r) for r in rows_ids)
