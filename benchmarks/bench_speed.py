@@ -8,12 +8,12 @@
     (the strong reference: what a careful plain fine-tune costs). Both in bf16 and in fp32 frozen weights;
     and CKF with the two settings it does not use by default (LoRA on all linear layers; LoRA dropout 0.05).
     Step k of every variant runs before step k+1 of any (orders rotated), so load changes hit all alike; the
-    first step of each variant is a warm-up and is not timed.
+    first batch of every task runs once per variant as a warm-up, not timed.
 (b) **Evaluation users/s per task** of CKF (default settings: bf16 where native, listwise sequential scoring,
     batched greedy explanations) on ``--eval-users`` test users.
 (c) **Peak resident memory per phase** of a CKF process (load, training steps, evaluation), in a fresh process.
 
-    python benchmarks/bench_speed.py                  # Gemma-3-270M, ~6 min on 2 cores
+    python benchmarks/bench_speed.py                  # Gemma-3-270M, ~4 min on 2 cores
     python benchmarks/bench_speed.py --llm tiny       # pipeline check only (a random test model)
 
 Writes ``benchmarks/results/speed.json`` (with the commit, command, torch threads and machine) and prints a table.
@@ -272,7 +272,7 @@ def table(train, evaluation, memory):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--llm", default="gemma-3-270m")
-    p.add_argument("--steps", type=int, default=8, help="timed training steps per variant (after one warm-up)")
+    p.add_argument("--steps", type=int, default=8, help="timed training steps per variant (after one warm-up batch per task)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--eval-users", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

@@ -79,3 +79,16 @@ def test_recbole_trainer_reloads_its_own_checkpoint():
     if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 6):
         with pytest.raises(pickle.UnpicklingError):
             torch.load(trainer.saved_model_file)  # the global default still refuses pickles
+
+
+@pytest.mark.parametrize("given, expected", [(None, "128"), ("512", "512")])
+def test_onednn_primitive_cache_capped_unless_the_environment_sets_it(given, expected):
+    """Importing the plugin caps oneDNN's primitive cache (resident memory grew with every new matmul shape);
+    a value the user set wins."""
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    if given is not None:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = given
+    script = "import os, recbole_ckf; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == expected
