@@ -369,6 +369,7 @@ def test_ablation_switches_run_end_to_end(monkeypatch, name):
         llm="tiny", llm_cache_dir="cache", epochs=1, train_samples_per_task=8, train_batch_size=4,
         valid_users=8, eval_users=8, explanation_max_tokens=3, eval_batch_size=16, eval_step=1,
         backbone_config={"embedding_size": 16, "epochs": 1, "train_batch_size": 8192, "n_layers": 1},
+        max_tokens_per_pass=None,  # one forward per batch: the recorder counts batches
         **switches)
     result = run_recbole_ckf(model="CKF", dataset=DATASET, config_dict=config)
     for key in ("ctr:auc", "sequential:ndcg@3", "rating:rmse", "explanation:rouge-l"):
