@@ -235,6 +235,10 @@ MISTAKES = [
     ("CKF", {"answer_head_learning_rate": -1}, "error: config key 'answer_head_learning_rate': expected a number > 0, got -1"),
     ("CKF", {"sequential_answer": "letters"},
      "error: sequential_answer: expected one of label, title, pointwise, got 'letters'"),
+    ("CKF", {"backbone_threads": 0},
+     "error: backbone_threads: expected an integer >= 1 (or ~ for torch's thread count), got 0"),
+    ("CKF", {"max_tokens_per_pass": "abc"},
+     "error: max_tokens_per_pass: expected an integer >= 1 (or ~ for no limit), got 'abc'"),
 ]
 
 CKF_FULL = ("error: eval_args mode 'full': CKF ranks the candidate lists of RecBole's uniN/popN samplers (the true "

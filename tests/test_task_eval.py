@@ -422,7 +422,7 @@ def test_a_batch_split_into_passes_gives_the_batch_gradient(setup, pointwise, ta
     """``max_tokens_per_pass``: a batch cut into passes (each loss weighted by its share of rows / answer tokens)
     gives the loss and gradients of the batch in one pass."""
     from recbole_ckf.data.collate import collate
-    from recbole_ckf.trainer.trainer import token_chunks, training_passes
+    from recbole_ckf.trainer.schedule import token_chunks, training_passes
 
     model, encoder = pointwise
     rows = [encoder.encode(x, True) for x in setup["samples"][task][:3]]

@@ -195,7 +195,7 @@ class CKF(GeneralRecommender):
         task = batch["task"]
         if "block_ends" in batch:  # pointwise sequential: a softmax over the candidates' Yes-against-No scores
             return F.cross_entropy(self.block_scores(hidden, batch), batch["label"].long().to(hidden.device))
-        if task in self.answer_ids and self.config["restricted_loss"] is not False:
+        if self._restricted_loss(task):
             rows = torch.arange(hidden.shape[0], device=hidden.device)
             logits = self.choice_logits(hidden[rows, batch["prompt_len"] - 1], task, batch.get("n_choices"))
             answer = batch["labels"][rows, batch["prompt_len"]]
@@ -208,9 +208,13 @@ class CKF(GeneralRecommender):
     def loss_units(self, batch):
         """What :meth:`calculate_loss` averages over: rows for one-token answers and packed sequential rows,
         answer tokens otherwise. A batch trained in several passes weights each pass's loss by its share."""
-        if "block_ends" in batch or (batch["task"] in self.answer_ids and self.config["restricted_loss"] is not False):
+        if "block_ends" in batch or self._restricted_loss(batch["task"]):
             return int(batch["input_ids"].shape[0])
         return int((batch["labels"][:, 1:] != -100).sum())
+
+    def _restricted_loss(self, task):
+        """Whether ``task``'s loss is a softmax over its fixed one-token answers (one term per row)."""
+        return task in self.answer_ids and self.config["restricted_loss"] is not False
 
     # ---- scoring (deterministic): what the evaluator calls ------------------------------------------
     @property

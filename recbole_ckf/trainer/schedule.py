@@ -1,9 +1,12 @@
-"""What CKF trains on and how fast: the curriculum's slotted-prompt weight, the learning-rate factors, and
-each epoch's sample selection and batch plan (seeded per epoch, so a resumed run replays them exactly)."""
+"""What CKF trains on and how fast: the curriculum's slotted-prompt weight, the learning-rate factors,
+each epoch's sample selection and batch plan (seeded per epoch, so a resumed run replays them exactly), and the
+passes a long batch runs as (``max_tokens_per_pass``)."""
 
 import math
 
 import numpy as np
+
+from recbole_ckf.data.collate import collate
 
 
 def curriculum_weight(progress, steepness, midpoint=0.5, floor=0.0):
@@ -63,3 +66,27 @@ def epoch_plan(config, tasks, encoded, epoch, num_processes):
             plan += [(task, np.array(chunk[i:i + size])) for i in range(0, len(chunk), size)]
     rng.shuffle(plan)
     return plan
+
+
+def token_chunks(rows, budget):
+    """``rows`` (encoded samples, in batch order) cut into consecutive groups of at most ``budget`` padded tokens
+    (rows x longest row) each; a row longer than ``budget`` is a group of its own. ``budget`` None: one group."""
+    if not budget:
+        return [rows]
+    chunks, chunk = [], []
+    for row in rows:
+        longest = max([len(r.input_ids) for r in chunk] + [len(row.input_ids)])
+        if chunk and (len(chunk) + 1) * longest > budget:
+            chunks.append(chunk)
+            chunk = []
+        chunk.append(row)
+    return chunks + [chunk]
+
+
+def training_passes(model, rows, budget):
+    """The passes one training batch of ``rows`` runs as: ``[(collated batch, weight)]``, at most ``budget``
+    padded tokens each (:func:`token_chunks`), each weighted by its share of what ``model.calculate_loss``
+    averages over (``model.loss_units``), so that the weighted losses' gradients sum to the whole batch's."""
+    passes = [collate(chunk, model.tokenizer.pad_token_id) for chunk in token_chunks(rows, budget)]
+    units = [model.loss_units(b) for b in passes]
+    return [(b, n / max(sum(units), 1)) for b, n in zip(passes, units)]

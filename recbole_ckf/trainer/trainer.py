@@ -35,39 +35,17 @@ from recbole.evaluator.register import smaller_metrics
 from recbole.trainer import AbstractTrainer
 from recbole.utils import get_local_time, set_color
 from tqdm import tqdm
-from recbole_ckf.data.collate import Encoder, cache_key, cached, collate
+from recbole_ckf.data.collate import Encoder, cache_key, cached
 from recbole_ckf.data.tasks import (CODE_VERSION, TaskBuilder, split_fingerprint, test_split_samples,
                                    validation_split_samples)
 from recbole_ckf.errors import CKFError
 from recbole_ckf.model.backbone import load_backbone_checkpoint, train_backbone
 from recbole_ckf.trainer.checkpoint import load_checkpoint, record_adjustments, save_checkpoint
 from recbole_ckf.trainer.runtime import peak_rss_gib, release_memory, resolve_mixed_precision, use_cpu  # noqa: F401
-from recbole_ckf.trainer.schedule import curriculum_weight, epoch_plan, epoch_selection, lr_lambdas  # noqa: F401
+from recbole_ckf.trainer.schedule import (  # noqa: F401
+    curriculum_weight, epoch_plan, epoch_selection, lr_lambdas, token_chunks, training_passes,
+)
 from recbole_ckf.utils import stable_hash
-
-
-def token_chunks(rows, budget):
-    """``rows`` (encoded samples, in batch order) cut into consecutive groups of at most ``budget`` padded tokens
-    (rows x longest row) each; a row longer than ``budget`` is a group of its own. ``budget`` None: one group."""
-    if not budget:
-        return [rows]
-    chunks, chunk = [], []
-    for row in rows:
-        longest = max([len(r.input_ids) for r in chunk] + [len(row.input_ids)])
-        if chunk and (len(chunk) + 1) * longest > budget:
-            chunks.append(chunk)
-            chunk = []
-        chunk.append(row)
-    return chunks + [chunk]
-
-
-def training_passes(model, rows, budget):
-    """The passes one training batch of ``rows`` runs as: ``[(collated batch, weight)]``, at most ``budget``
-    padded tokens each (:func:`token_chunks`), each weighted by its share of what ``model.calculate_loss``
-    averages over (``model.loss_units``), so that the weighted losses' gradients sum to the whole batch's."""
-    passes = [collate(chunk, model.tokenizer.pad_token_id) for chunk in token_chunks(rows, budget)]
-    units = [model.loss_units(b) for b in passes]
-    return [(b, n / max(sum(units), 1)) for b, n in zip(passes, units)]
 
 
 @dataclasses.dataclass
