@@ -351,7 +351,16 @@ def load_ckf_results(path, dataset):
         m = re.search(rf"^\s*{key}\s*=\s*(.+?)\s*$", text, re.M)
         if m:
             settings[key] = m.group(1)
-    return {"CKF": ({"test_result": result}, settings)}
+    return {log_variant(text): ({"test_result": result}, settings)}
+
+
+def log_variant(text):
+    """The ABLATIONS name of a CKF log: the variant whose overrides its config dump ("key = value" lines) shows,
+    the one with the most keys if several do; "CKF" if none does."""
+    logged = dict(re.findall(r"^(\w+) = (.*?)\s*$", text, re.M))
+    found = [name for name, overrides in ABLATIONS.items()
+             if overrides and all(logged.get(k) == str(v) for k, v in overrides.items())]
+    return max(found, key=lambda name: len(ABLATIONS[name])) if found else "CKF"
 
 
 # ---------------------------------------------------------------------------------------------------------
