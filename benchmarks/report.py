@@ -64,9 +64,9 @@ def markdown(report):
              f"{report['protocol'].get('normalize_all')}`; RecBole sorts the split by the float32 time field, so "
              "normalising it changes which same-minute interaction is last) and is refused unless its test "
              "interactions are CKF's (`recbole_ckf.evaluator.protocol.check_same_split`).",
-             f"* Machine: {report['machine']['cpu_count']} CPUs ({report['machine'].get('cpu') or report['machine'].get('processor')}), torch "
-             f"{report['machine']['torch']}, CUDA {report['machine']['cuda']}. Baselines part: "
-             f"{report['baseline_minutes']} min.", ""]
+             f"* Baselines trained on: {_machine(report.get('baselines_run', {}).get('machine') or report['machine'])}"
+             f"; baselines part {report['baseline_minutes']} min. This report written on: {_machine(report['machine'])} "
+             "(CKF's machines: each CKF source's log).", ""]
     if n < 200:
         lines += [f"With {n} users, a Hit@1 near 0.3 has a standard error of about "
                   f"{(0.3 * 0.7 / max(n, 1)) ** 0.5:.3f}: differences smaller than ~0.05-0.1 are not significant. "
@@ -135,6 +135,10 @@ def markdown(report):
         lines.append(f"| {r['model']} | {r['task']} | {s} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _machine(m):
+    return f"{m['cpu_count']} CPUs ({m.get('cpu') or m.get('processor')}), torch {m['torch']}, CUDA {m['cuda']}"
 
 
 def goal_and_ablation_lines(report):
