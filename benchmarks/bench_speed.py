@@ -272,7 +272,8 @@ def table(train, evaluation, memory):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--llm", default="gemma-3-270m")
-    p.add_argument("--steps", type=int, default=8, help="timed training steps per variant (after one warm-up batch per task)")
+    p.add_argument("--steps", type=int, default=8,
+                   help="timed training steps per variant (after one warm-up batch per task)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--eval-users", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

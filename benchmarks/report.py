@@ -36,6 +36,7 @@ def _auc_se(auc, n_pos, n_neg):
 def markdown(report):
     ds, proto = report["dataset"], report["protocol"]
     n, total = proto["ckf_test_users"], proto["all_test_users"]
+    baselines_machine = report.get("baselines_run", {}).get("machine") or report["machine"]
     lines = [f"# {ds}: CKF and RecBole baselines on the same split, users and candidate lists", "",
              f"Generated {report['generated']} by `{report['command'].strip()}`"
              + (f"; baselines from {report['baselines_run']['generated']} by "
@@ -64,9 +65,8 @@ def markdown(report):
              f"{report['protocol'].get('normalize_all')}`; RecBole sorts the split by the float32 time field, so "
              "normalising it changes which same-minute interaction is last) and is refused unless its test "
              "interactions are CKF's (`recbole_ckf.evaluator.protocol.check_same_split`).",
-             f"* Baselines trained on: {_machine(report.get('baselines_run', {}).get('machine') or report['machine'])}"
-             f"; baselines part {report['baseline_minutes']} min. This report written on: {_machine(report['machine'])} "
-             "(CKF's machines: each CKF source's log).", ""]
+             f"* Baselines trained on: {_machine(baselines_machine)}; baselines part {report['baseline_minutes']} min. "
+             f"This report written on: {_machine(report['machine'])} (CKF's machines: each CKF source's log).", ""]
     if n < 200:
         lines += [f"With {n} users, a Hit@1 near 0.3 has a standard error of about "
                   f"{(0.3 * 0.7 / max(n, 1)) ** 0.5:.3f}: differences smaller than ~0.05-0.1 are not significant. "

@@ -73,12 +73,12 @@ def token_chunks(rows, budget):
     (rows x longest row) each; a row longer than ``budget`` is a group of its own. ``budget`` None: one group."""
     if not budget:
         return [rows]
-    chunks, chunk = [], []
+    chunks, chunk, longest = [], [], 0
     for row in rows:
-        longest = max([len(r.input_ids) for r in chunk] + [len(row.input_ids)])
+        longest = max(longest, len(row.input_ids))
         if chunk and (len(chunk) + 1) * longest > budget:
             chunks.append(chunk)
-            chunk = []
+            chunk, longest = [], len(row.input_ids)
         chunk.append(row)
     return chunks + [chunk]
 

@@ -42,9 +42,7 @@ from recbole_ckf.errors import CKFError
 from recbole_ckf.model.backbone import load_backbone_checkpoint, train_backbone
 from recbole_ckf.trainer.checkpoint import load_checkpoint, record_adjustments, save_checkpoint
 from recbole_ckf.trainer.runtime import peak_rss_gib, release_memory, resolve_mixed_precision, use_cpu  # noqa: F401
-from recbole_ckf.trainer.schedule import (  # noqa: F401
-    curriculum_weight, epoch_plan, epoch_selection, lr_lambdas, token_chunks, training_passes,
-)
+from recbole_ckf.trainer.schedule import curriculum_weight, epoch_plan, epoch_selection, lr_lambdas, training_passes
 from recbole_ckf.utils import stable_hash
 
 
