@@ -136,6 +136,28 @@ def test_statistics_start_silent_then_separate_tokens():
     assert not torch.allclose(h_v[0], h_v[1])
 
 
+def test_anchored_tokens_start_at_the_anchors_then_learn_cf():
+    # bridge_anchor: every user token starts as a_user and every item token as a_item (a slotted prompt starts
+    # as the text prompt with one ordinary word per slot); after one step the tokens depart from them, and
+    # two items with different CF embeddings get different tokens
+    torch.manual_seed(0)
+    a_user, a_item = torch.randn(H), torch.randn(H)
+    bridge = MetaNetworkBridge(D, H, token_norm=2.0, anchors=(a_user, a_item))
+    e_u, e_H, mask = _history()
+    e_v = torch.randn(2, D)
+    assert torch.equal(bridge.user_tokens(e_u, e_H, mask), a_user.expand(4, H))
+    assert torch.equal(bridge.item_tokens(e_v), a_item.expand(2, H))
+    opt = torch.optim.SGD(bridge.parameters(), lr=0.1)
+    for _ in range(2):  # the gain moves first, then the MLP behind it
+        opt.zero_grad()
+        loss = (bridge.item_tokens(e_v) @ torch.randn(H)).sum() + (bridge.user_tokens(e_u, e_H, mask) @ torch.randn(H)).sum()
+        loss.backward()
+        opt.step()
+    h_v = bridge.item_tokens(e_v)
+    assert not torch.allclose(h_v[0], h_v[1]) and not torch.allclose(h_v[0], a_item)
+    assert "anchor_item" not in bridge.state_dict()  # rebuilt from the LLM, never saved
+
+
 USER, ITEM = 98, 99
 
 

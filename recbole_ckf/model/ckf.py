@@ -57,6 +57,9 @@ class CKF(GeneralRecommender):
         with torch.no_grad():
             self.embed_norm = float(llm.model.get_input_embeddings().weight.norm(dim=-1).float().mean()) * \
                 self._embed_scale(llm.model)
+            # bridge_anchor: the slot tokens start as the LLM's own embeddings of " user" / " item"
+            self.anchors = tuple(self._word_embedding(llm, w) for w in (" user", " item")) \
+                if config["bridge_anchor"] else None
         self.llm = attach_multi_lora(
             llm.model, self.tasks, r_shared=config["lora_r_shared"], r_task=config["lora_r_task"],
             alpha=config["lora_alpha"], dropout=config["lora_dropout"],
@@ -115,6 +118,12 @@ class CKF(GeneralRecommender):
         scale = getattr(llm.get_input_embeddings(), "embed_scale", None)  # Gemma scales by sqrt(H)
         return float(scale) if scale is not None else 1.0
 
+    @staticmethod
+    def _word_embedding(llm, word):
+        """[H] float32: the mean input embedding (with any embedding multiplier) of ``word``'s tokens."""
+        ids = torch.as_tensor(llm.tokenizer(word, add_special_tokens=False)["input_ids"])
+        return llm.model.get_input_embeddings()(ids.to(llm.model.device)).float().mean(0).cpu()
+
     def set_cf_tables(self, user_emb, item_emb):
         """Install the frozen backbone tables e_u / e_v and build the bridge for their dimension d."""
         d = user_emb.shape[1]
@@ -124,7 +133,7 @@ class CKF(GeneralRecommender):
             self.bridge = MetaNetworkBridge(
                 d, self.hidden_size, pooling=self.config["pooling"], meta_network=self.config["meta_network"],
                 token_norm=self.embed_norm, tied_init=self.config["bridge_tied_init"] is not False,
-                n_stats=N_STATS if self.config["bridge_stats"] else 0).to(self.user_table.device)
+                n_stats=N_STATS if self.config["bridge_stats"] else 0, anchors=self.anchors).to(self.user_table.device)
 
     def trainable_parameters(self):
         """(LoRA parameters, bridge parameters, answer-head rows): the only parameters CKF trains."""

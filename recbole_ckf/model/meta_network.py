@@ -5,8 +5,13 @@ For user u with history H_u (earlier items only)::
     p_u       = Pool({e_v : v in H_u})              # masked mean, or masked attention
     W_u       = I + reshape(MetaNet(p_u), d x d)    # personalised mapping, exactly I at init
     e_u_tilde = e_u W_u
-    h_u       = Proj_user(e_u_tilde) [+ S_user(s_u)]  # user token, LLM hidden size
-    h_v       = Proj_item(e_v) [+ S_item(s_v)]        # item token, LLM hidden size
+    h_u       = [a_user +] Proj_user(e_u_tilde) [+ S_user(s_u)]  # user token, LLM hidden size
+    h_v       = [a_item +] Proj_item(e_v) [+ S_item(s_v)]        # item token, LLM hidden size
+
+a_user / a_item (``anchors``, ``bridge_anchor``): the LLM's own input embeddings of the words "user" and
+"item". With anchors the projections' output gain starts at zero, so a slotted prompt starts as the text prompt
+with one ordinary word per slot, and the CF signal enters as a learnt departure from it: tokens unlike any the
+LLM has seen otherwise disturb its reading of the rest of the prompt (an addition to the paper).
 
 s_u / s_v (``n_stats`` > 0, ``bridge_stats``): the user's earlier rating count and mean, the item's training
 rating count and mean without this user (:func:`~recbole_ckf.data.item_text.stat_features`), through
@@ -73,13 +78,15 @@ class TokenProjection(nn.Module):
     like the rows it replaces, and the gain stays learnable. ``token_norm=None`` leaves the MLP output raw.
     """
 
-    def __init__(self, d, hidden_size, proj_hidden=None, dropout=0.0, token_norm=1.0):
+    def __init__(self, d, hidden_size, proj_hidden=None, dropout=0.0, token_norm=1.0, zero_gain=False):
         super().__init__()
         self.mlp = _two_layer_mlp(d, proj_hidden or hidden_size, hidden_size, dropout)
         self.norm = None
         if token_norm is not None:
             self.norm = nn.LayerNorm(hidden_size)
-            nn.init.constant_(self.norm.weight, token_norm / math.sqrt(hidden_size))
+            # zero_gain: the output starts at exactly 0 (added to an anchor token); the gain, like a LoRA's B,
+            # gets a gradient at once and the MLP from the step after
+            nn.init.constant_(self.norm.weight, 0.0 if zero_gain else token_norm / math.sqrt(hidden_size))
 
     def forward(self, x):
         x = self.mlp(x)
@@ -101,6 +108,8 @@ class MetaNetworkBridge(nn.Module):
             embedding table, including any embedding multiplier); ``None`` disables output normalisation.
         tied_init: Proj_item starts with Proj_user's weights (``False``: independent random initialisations).
         n_stats: width of the rating-statistics features s_u / s_v added to the tokens (0: none).
+        anchors: ``(a_user, a_item)``, two [H] input embeddings the tokens start from (the projections' gain
+            then starts at zero); ``None``: the tokens are the projections' output alone (the paper).
     """
 
     def __init__(
@@ -115,6 +124,7 @@ class MetaNetworkBridge(nn.Module):
         token_norm=1.0,
         tied_init=True,
         n_stats=0,
+        anchors=None,
     ):
         super().__init__()
         self.d = d
@@ -140,8 +150,14 @@ class MetaNetworkBridge(nn.Module):
             # Ablation: one W = I + delta_W for all users. Pooling/MetaNet are not built at all, so no
             # parameter goes unused (DDP would reject unused parameters).
             self.delta_W = nn.Parameter(torch.zeros(d, d))
-        self.proj_user = TokenProjection(d, hidden_size, proj_hidden, dropout, token_norm)
-        self.proj_item = TokenProjection(d, hidden_size, proj_hidden, dropout, token_norm)
+        zero_gain = anchors is not None and token_norm is not None
+        self.proj_user = TokenProjection(d, hidden_size, proj_hidden, dropout, token_norm, zero_gain)
+        self.proj_item = TokenProjection(d, hidden_size, proj_hidden, dropout, token_norm, zero_gain)
+        # not saved: the caller rebuilds them from the LLM whenever it builds the bridge
+        self.register_buffer("anchor_user", torch.zeros(hidden_size) if anchors is None else anchors[0].float(),
+                             persistent=False)
+        self.register_buffer("anchor_item", torch.zeros(hidden_size) if anchors is None else anchors[1].float(),
+                             persistent=False)
         if tied_init:
             # Proj_item starts as a copy of Proj_user (they learn apart): a user token and the tokens of the items
             # its CF embedding scores high then start out alike in the LLM's input space, a likeness attention
@@ -168,13 +184,13 @@ class MetaNetworkBridge(nn.Module):
         return torch.bmm(e_u.unsqueeze(1), W_u).squeeze(1)
 
     def user_tokens(self, e_u, e_H, mask, s_u=None):
-        """h_u = Proj_user(e_u W_u) (+ S_user(s_u) with statistics), [B, H]."""
-        h_u = self.proj_user(self.personalise(e_u, e_H, mask))
+        """h_u = (a_user +) Proj_user(e_u W_u) (+ S_user(s_u) with statistics), [B, H]."""
+        h_u = self.anchor_user + self.proj_user(self.personalise(e_u, e_H, mask))
         return h_u + self.stats_user(s_u.to(h_u.dtype)) if self.n_stats else h_u
 
     def item_tokens(self, e_v, s_v=None):
-        """h_v = Proj_item(e_v) (+ S_item(s_v) with statistics), [..., H] for e_v [..., d]."""
-        h_v = self.proj_item(e_v)
+        """h_v = (a_item +) Proj_item(e_v) (+ S_item(s_v) with statistics), [..., H] for e_v [..., d]."""
+        h_v = self.anchor_item + self.proj_item(e_v)
         return h_v + self.stats_item(s_v.to(h_v.dtype)) if self.n_stats else h_v
 
 
