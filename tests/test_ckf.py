@@ -311,6 +311,12 @@ def test_save_load_predict_identical(setup):
             load_checkpoint(s["make_model"](), str(path))
     finally:
         s["config"]["bridge_stats"] = False
+    s["config"]["bridge_anchor"] = True  # anchored slot tokens are rebuilt from the LLM: the setting must match
+    try:
+        with pytest.raises(CKFError, match=r"was trained with bridge_anchor False: set --bridge_anchor=False"):
+            load_checkpoint(s["make_model"](), str(path))
+    finally:
+        s["config"]["bridge_anchor"] = False
 
 
 # ---- the ablation switches, end to end -------------------------------------------------------------------------------
@@ -356,6 +362,7 @@ ABLATIONS = {
     "single-lora-no-metanet-bpr": {"multi_lora": False, "meta_network": False, "backbone": "BPR",
                                    "answer_head": False},
     "bridge-stats": {"bridge_stats": True},
+    "bridge-anchor": {"bridge_anchor": True},
 }
 
 
@@ -404,6 +411,9 @@ def test_ablation_switches_run_end_to_end(monkeypatch, name):
         assert all(getattr(model.bridge, m).weight.abs().sum() > 0 for m in ("stats_user", "stats_item"))
     else:
         assert not hasattr(model.bridge, "stats_item")
+    if switches.get("bridge_anchor"):  # the projections' gain left zero and the tokens their anchors
+        assert model.anchors is not None and model.bridge.proj_item.norm.weight.abs().sum() > 0
+        assert torch.equal(model.bridge.anchor_item, model.anchors[1])
     if switches.get("answer_head", True):  # ctr, rating and pointwise sequential (Yes/No) learnt their answer rows
         assert sorted(model.answer_head) == ["ctr", "rating", "sequential"]
         assert all(p.abs().sum() > 0 for p in model.answer_head.parameters())

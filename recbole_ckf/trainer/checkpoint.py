@@ -26,7 +26,7 @@ _CONFIG_KEYS = ("llm", "tasks", "backbone", "use_cf", "meta_network", "multi_lor
                 "lora_r_task", "lora_alpha", "lora_target_modules", "max_history", "pool_history", "prompt_templates",
                 "sequential_answer", "n_candidates", "prompt_stats", "exclude_own_review", "item_text_words",
                 "item_text_reviews", "ctr_threshold", "max_length", "explanation_max_tokens", "precision",
-                "answer_head", "bridge_stats", "seed")
+                "answer_head", "bridge_stats", "bridge_anchor", "seed")
 
 
 def save_checkpoint(model, path, trainer_state=None, extra=None):
@@ -138,6 +138,10 @@ def load_checkpoint(model, path):
             f"{model.n_items} items")
     if sorted(meta.get("tasks", [])) != sorted(model.tasks):
         raise CKFError(f"checkpoint '{path}' has tasks {meta.get('tasks')}, the config asks for {model.tasks}")
+    anchored = bool(meta.get("config", {}).get("bridge_anchor", False))  # anchors are rebuilt, not saved
+    if anchored != bool(model.config["bridge_anchor"]):
+        raise CKFError(f"checkpoint '{path}' was trained with bridge_anchor {anchored}: set "
+                       f"--bridge_anchor={anchored}")
     tables = _load(path, "cf_tables.pt")
     model.set_cf_tables(tables["user"], tables["item"])
     try:
