@@ -94,9 +94,11 @@ ABLATIONS = {
     "CKF training-only test history (test_history=train)": {"test_history": "train"},
     "CKF w/o rating counts in prompts (prompt_stats=False)": {"prompt_stats": False},
     "CKF independent projections (bridge_tied_init=False)": {"bridge_tied_init": False},
+    # an addition switched on alone
+    "CKF anchored slot tokens (bridge_anchor=True)": {"bridge_anchor": True},
 }
 VARIANTS = dict(zip(["ckf", "no_cf", "single_lora", "no_meta", "bpr", "label", "title", "old_curriculum", "own_review",
-                     "full_vocab_loss", "unbalanced_ctr", "train_history", "no_stats", "untied"], ABLATIONS))
+                     "full_vocab_loss", "unbalanced_ctr", "train_history", "no_stats", "untied", "anchor"], ABLATIONS))
 SETTING_KEYS = {
     "all": ["epochs", "stopping_step", "eval_step", "train_batch_size", "learning_rate", "learner", "weight_decay",
             "embedding_size", "valid_metric"],

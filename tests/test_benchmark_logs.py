@@ -15,7 +15,8 @@ RESULT = "05 Dec 07:19    INFO  test result: OrderedDict([('ctr:auc', 0.5), ('se
 def _log(**config):
     defaults = {"dataset": "amazon-instruments", "seed": "2020", "exclude_own_review": "True",
                 "curriculum_midpoint": "0.3", "curriculum_floor": "0.2", "bridge_schedule": "constant",
-                "restricted_loss": "True", "balance_ctr": "True", "test_history": "train_valid", "use_cf": "True"}
+                "restricted_loss": "True", "balance_ctr": "True", "test_history": "train_valid", "use_cf": "True",
+                "bridge_anchor": "False"}
     defaults.update(config)
     return "".join(f"{k} = {v}\n" for k, v in defaults.items()) + RESULT
 
@@ -28,6 +29,8 @@ def _log(**config):
     ({"curriculum_midpoint": "0.5", "curriculum_floor": "0.0", "bridge_schedule": "cosine"},
      "CKF old curriculum (midpoint 0.5, no floor, cosine bridge rate)"),
     ({"bridge_schedule": "cosine"}, "CKF"),
+    ({"bridge_anchor": "True"}, "CKF anchored slot tokens (bridge_anchor=True)"),
+    ({"balance_ctr": "False"}, "CKF unbalanced ctr (balance_ctr=False)"),
 ])
 def test_log_named_by_its_ablation(tmp_path, config, name):
     path = tmp_path / "run.log"
