@@ -145,7 +145,7 @@ class Recommender:
         self.meta = read_meta(self.path)  # one-line errors for a missing folder, file or a garbage meta.json
         dataset_name = self.meta.get("dataset")
         saved = dict(self.meta.get("config") or {})
-        saved.update({k: saved.get(k, False) for k in ("answer_head", "bridge_stats")})  # older checkpoints: none
+        saved.update({k: saved.get(k, False) for k in ("answer_head", "bridge_stats", "bridge_anchor")})  # older: none
         config = Config("CKF", dataset_name, config_file_list, {**saved, **(config_dict or {})}, cmd_args)
         if config["dataset"] != dataset_name:
             raise CKFError(f"checkpoint '{self.path}' was trained on data set '{dataset_name}', not "
