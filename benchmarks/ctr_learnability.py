@@ -4,8 +4,9 @@ The ctr task alone (``train_samples_per_task`` 384, 1 epoch, 512 validation user
 variant, each in its own process. With ``--rule user_mean`` every ctr label, training and validation, is replaced
 by a deterministic function of the prompt: Yes when the user's earlier mean rating, which the prompt shows after
 ``{user}`` ("(12 ratings, avg 4.7 stars)", ``prompt_stats``), is at least ``--threshold``. A model that reads its
-prompt reaches a validation AUC near 1 on it; the real labels (``--rule none``) carry a weak signal only (the
-prompts' two means in a logistic regression: validation AUC 0.67). Variants:
+prompt reaches a validation AUC near 1 on it; on amazon-instruments the real labels (``--rule none``) carry a weak
+signal only (the prompts' two means in a logistic regression: validation AUC 0.654, ``probe_answer_features.py``).
+Variants:
 
 * ``default``: the data set's defaults (CF slots, the curriculum);
 * ``text_only``: ``use_cf: False`` (no slot tokens);
