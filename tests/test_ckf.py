@@ -411,7 +411,7 @@ def test_ablation_switches_run_end_to_end(monkeypatch, name):
         assert all(getattr(model.bridge, m).weight.abs().sum() > 0 for m in ("stats_user", "stats_item"))
     else:
         assert not hasattr(model.bridge, "stats_item")
-    if switches.get("bridge_anchor"):  # the projections' gain left zero and the tokens their anchors
+    if switches.get("bridge_anchor"):  # the anchors are the LLM's embeddings; the gains moved off their zero start
         assert model.anchors is not None and model.bridge.proj_item.norm.weight.abs().sum() > 0
         assert torch.equal(model.bridge.anchor_item, model.anchors[1])
     if switches.get("answer_head", True):  # ctr, rating and pointwise sequential (Yes/No) learnt their answer rows

@@ -150,7 +150,8 @@ def test_anchored_tokens_start_at_the_anchors_then_learn_cf():
     opt = torch.optim.SGD(bridge.parameters(), lr=0.1)
     for _ in range(2):  # the gain moves first, then the MLP behind it
         opt.zero_grad()
-        loss = (bridge.item_tokens(e_v) @ torch.randn(H)).sum() + (bridge.user_tokens(e_u, e_H, mask) @ torch.randn(H)).sum()
+        loss = (bridge.item_tokens(e_v) @ torch.randn(H)).sum()
+        loss = loss + (bridge.user_tokens(e_u, e_H, mask) @ torch.randn(H)).sum()
         loss.backward()
         opt.step()
     h_v = bridge.item_tokens(e_v)
