@@ -54,3 +54,17 @@ def machine_info():
             "recbole": _recbole_version(), "load_average_1m_at_start": round(os.getloadavg()[0], 2),
             "commit": git_commit(),
             "command": " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])}
+
+
+def config_settings(parser, items):
+    """``{key: value}`` of ``--set KEY=VALUE`` arguments (values parsed as YAML); a malformed one is the parser's
+    one-line error."""
+    import yaml
+
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item}: expected KEY=VALUE")
+        settings[key] = yaml.safe_load(value)
+    return settings

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from common import RESULTS, machine_info  # noqa: E402  (puts the repository on sys.path)
+from common import RESULTS, config_settings, machine_info  # noqa: E402  (puts the repository on sys.path)
 
 from recbole_ckf.utils import atomic_write_json  # noqa: E402
 
@@ -99,14 +99,7 @@ def main(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config key for every run")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one variant, print its record
     args = p.parse_args(argv)
-    import yaml
-
-    args.settings = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set {item}: expected KEY=VALUE")
-        args.settings[key] = yaml.safe_load(value)
+    args.settings = config_settings(p, args.set)
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from common import RESULTS, machine_info  # noqa: E402  (puts the repository on sys.path)
+from common import RESULTS, config_settings, machine_info  # noqa: E402  (puts the repository on sys.path)
 
 import torch  # noqa: E402
 
@@ -89,14 +89,7 @@ def main(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config key for every point")
     p.add_argument("--tag", default="", help="results file learning_curve_<dataset>_<tag>.json")
     args = p.parse_args(argv)
-    import yaml
-
-    settings = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set {item}: expected KEY=VALUE")
-        settings[key] = yaml.safe_load(value)
+    settings = config_settings(p, args.set)
     command = "python benchmarks/learning_curve.py " + " ".join(argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
     sys.argv = sys.argv[:1]  # the run's Config reads --key=value from sys.argv
