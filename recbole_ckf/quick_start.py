@@ -37,6 +37,8 @@ def _init_logging(config):
     for handler in host:
         root.removeHandler(handler)
     try:
+        # RecBole's ensure_dir checks, then creates: two processes of one launch can race between the two
+        os.makedirs(os.path.join("log", config["model"]), exist_ok=True)
         init_logger(config)
     except OSError as err:  # RecBole always logs into ./log/<model>/ of the current folder
         raise CKFError(f"cannot write RecBole's log folder '{os.path.abspath('log')}' ({err.strerror}): RecBole "
