@@ -167,9 +167,23 @@ class Config(RecBoleConfig):
         base, given = self.internal_config_dict.get("eval_args"), self.external_config_dict.get("eval_args")
         if isinstance(base, dict) and isinstance(given, dict):
             final["eval_args"] = {**copy.deepcopy(base), **given}
+        self._check_switches(final)
         if final.get("MODEL_TYPE") in (ModelType.CONTEXT, ModelType.DECISIONTREE):
             self._set_context_task(final)
         return final
+
+    def _check_switches(self, final):
+        """A key whose property-file default is True/False takes True/False. RecBole evaluates ``--key=value``
+        as Python, so ``--use_cf=false`` would stay the string 'false', which is truthy: read any case of
+        true/false as the switch, refuse anything else."""
+        for key, default in self.internal_config_dict.items():
+            value = final.get(key)
+            if not isinstance(default, bool) or isinstance(value, bool) or key not in final:
+                continue
+            text = str(value).strip().lower()
+            if text not in ("true", "false"):
+                raise CKFError(f"config key '{key}': expected True or False, got {value!r}")
+            final[key] = text == "true"
 
     @staticmethod
     def _set_context_task(final):

@@ -111,6 +111,15 @@ def test_ckf_valid_metric_follows_the_tasks_unless_given():
     assert config["valid_metric"] == "ndcg@3" and config["valid_metric_bigger"] is True
 
 
+def test_switches_read_true_and_false_in_any_case():
+    """RecBole evaluates ``--use_cf=false`` to the (truthy) string 'false': a True/False key reads it as False."""
+    config = Config("CKF", DATASET, cmd_args={"llm": "tiny", "use_cf": "false", "balance_ctr": "FALSE",
+                                               "bridge_anchor": "true", "multi_lora": "False"})
+    assert (config["use_cf"], config["balance_ctr"], config["bridge_anchor"], config["multi_lora"]) == (
+        False, False, True, False)
+    assert Config("CKF", DATASET, cmd_args={"llm": "tiny"})["use_cf"] is True
+
+
 def test_partial_eval_args_keep_the_plugin_split():
     """``--eval_args="{'mode': 'pop9'}"`` changes the mode only: the split stays leave-one-out by time
     (RecBole would fill the missing keys with its own defaults, RS 8:1:1 in random order)."""
@@ -233,6 +242,8 @@ MISTAKES = [
      "'review', 'summary'] does not load it: add 'rating' to load_col.inter or choose other --tasks"),
     ("CKF", {"precision": "fp16"}, "error: precision: expected one of auto, fp32, bf16, got 'fp16'"),
     ("CKF", {"answer_head_learning_rate": -1}, "error: config key 'answer_head_learning_rate': expected a number > 0, got -1"),
+    ("CKF", {"bridge_anchor": "maybe"}, "error: config key 'bridge_anchor': expected True or False, got 'maybe'"),
+    ("BPR", {"show_progress": 1}, "error: config key 'show_progress': expected True or False, got 1"),
     ("CKF", {"sequential_answer": "letters"},
      "error: sequential_answer: expected one of label, title, pointwise, got 'letters'"),
     ("CKF", {"backbone_threads": 0},
