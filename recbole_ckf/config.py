@@ -177,9 +177,9 @@ class Config(RecBoleConfig):
         as Python, so ``--use_cf=false`` would stay the string 'false', which is truthy: read any case of
         true/false as the switch, refuse anything else."""
         for key, default in self.internal_config_dict.items():
-            value = final.get(key)
-            if not isinstance(default, bool) or isinstance(value, bool) or key not in final:
+            if key not in final or not isinstance(default, bool) or isinstance(final[key], bool):
                 continue
+            value = final[key]
             text = str(value).strip().lower()
             if text not in ("true", "false"):
                 raise CKFError(f"config key '{key}': expected True or False, got {value!r}")
