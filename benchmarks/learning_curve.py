@@ -12,8 +12,14 @@ first point, and loaded from its checkpoint at the others (the same seed would t
 
 Writes ``benchmarks/results/learning_curve_<dataset>.json`` after every point (a stopped run keeps what it has;
 ``--append`` adds points measured later, each with its own commit, machine and command)
-and ``learning_curve_<dataset>.png``. Validation users only (``valid_users``, the same users at every point);
-the test split is evaluated on a handful of users only because a run always ends with a test (not reported).
+and ``learning_curve_<dataset>.png``. A point longer than a sitting (hours of one epoch on CPU) is run with a
+kept work folder and checkpoints within the epoch; the same command continues it where it was stopped::
+
+    python benchmarks/learning_curve.py --points 7403 --append --work ~/curve --set checkpoint_steps=100
+
+(its ``seconds`` then add the training time of the earlier sittings up to their last checkpoint; a finished
+point's run folder is removed, the backbone kept). Validation users only (``valid_users``, the same users at every
+point); the test split is evaluated on a handful of users only because a run always ends with a test (not reported).
 """
 
 import argparse
@@ -39,14 +45,26 @@ METRICS = [("sequential:ndcg@3", "sequential:ndcg@3[backbone]", "NDCG@3 (sequent
 def run_point(dataset, samples, epochs, llm, work, settings):
     from recbole_ckf.quick_start import run_recbole_ckf
 
+    folder = os.path.join(work, f"point-{samples}")  # this point's run folder (and, at the first point, the backbone)
     overrides = {"llm": llm, "train_samples_per_task": samples, "epochs": epochs, "eval_step": epochs, "eval_users": 16,
-                 "show_progress": False, "checkpoint_dir": os.path.join(work, "saved"), **settings}
-    backbones = sorted(glob.glob(os.path.join(work, "saved", "*.pth")))
+                 "show_progress": False, "checkpoint_dir": folder, **settings}
+    backbones = sorted(glob.glob(os.path.join(work, "point-*", "*.pth")))
     if backbones and "backbone_checkpoint" not in settings:
         overrides["backbone_checkpoint"] = backbones[0]
+    point = {"train_samples_per_task": samples, "epochs": epochs}
+    earlier = 0.0
+    stopped = sorted(glob.glob(os.path.join(folder, "CKF-*", "last", "trainer_state.pt")))
+    if stopped:  # an earlier sitting of this point was stopped: continue it
+        overrides["resume"] = os.path.dirname(os.path.dirname(stopped[-1]))
+        partial = torch.load(stopped[-1], weights_only=False).get("partial") or {}
+        earlier = partial.get("seconds", 0.0)
+        point["resumed"] = {"after_batch": partial.get("batch"), "of": partial.get("batches"),
+                            "earlier_training_seconds": round(earlier, 1)}
     start = time.perf_counter()
     result = run_recbole_ckf("CKF", dataset, config_dict=overrides)
-    return {"train_samples_per_task": samples, "epochs": epochs, "seconds": round(time.perf_counter() - start, 1),
+    for run in glob.glob(os.path.join(folder, "CKF-*")):  # done: a later sitting must not resume it
+        shutil.rmtree(run)
+    return {**point, "seconds": round(time.perf_counter() - start + earlier, 1),
             "valid": {k: float(v) for k, v in result["best_valid_result"].items()}}
 
 
@@ -88,6 +106,8 @@ def main(argv=None):
     p.add_argument("--append", action="store_true", help="add the points to the stored file (same data set)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config key for every point")
     p.add_argument("--tag", default="", help="results file learning_curve_<dataset>_<tag>.json")
+    p.add_argument("--work", default=None, help="a folder to keep the points' runs in (a stopped point continues "
+                   "there when the command is run again); default: a temporary folder, removed at the end")
     args = p.parse_args(argv)
     settings = config_settings(p, args.set)
     command = "python benchmarks/learning_curve.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -104,7 +124,8 @@ def main(argv=None):
         store = json.load(open(path))
     # every point records the commit, machine and command it was measured with
     point_info = {"machine": info, "command": command}
-    work = tempfile.mkdtemp(prefix="recbole_ckf_curve_")
+    work = os.path.abspath(os.path.expanduser(args.work or tempfile.mkdtemp(prefix="recbole_ckf_curve_")))
+    os.makedirs(work, exist_ok=True)
     try:
         for samples in (int(x) for x in args.points.split(",")):
             store["points"].append(dict(run_point(args.dataset, samples, args.epochs, args.llm, work, settings),
@@ -114,7 +135,8 @@ def main(argv=None):
             plot(store, path[:-5] + ".png")
             print(f"{samples} samples per task done", flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

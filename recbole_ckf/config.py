@@ -66,6 +66,8 @@ _RANGE_CHECKS = (
     ("stopping_step", lambda v: isinstance(v, int) and v > 0, "an integer > 0"),
     ("eval_step", lambda v: isinstance(v, int) and v > 0, "an integer > 0"),
     ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    ("checkpoint_steps", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0),
+     "an integer > 0 or ~"),
 )
 
 

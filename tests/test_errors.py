@@ -158,6 +158,13 @@ def test_eval_only_without_checkpoint(capsys, tmp_path):
     _nothing_written()
 
 
+def test_checkpoint_steps_not_a_positive_integer(capsys, tmp_path):
+    for value, shown in (("0", "0"), ("often", "'often'")):
+        msg = _cli_error(capsys, _ckf_args(tmp_path / "cache", checkpoint_steps=value))
+        assert msg == f"error: config key 'checkpoint_steps': expected an integer > 0 or ~, got {shown}"
+    _nothing_written()
+
+
 def test_checkpoint_missing_or_missing_a_file(capsys, checkpoints, tmp_path):
     missing = tmp_path / "no-such-checkpoint"
     msg = _cli_error(capsys, _ckf_args(checkpoints["cache"], checkpoint=missing, eval_only=True))

@@ -4,8 +4,10 @@ Four runs of the same config and seed start together:
 
 * ``reference`` and ``again`` run uninterrupted: the same seed gives identical test metrics (10 decimals) and
   bitwise identical checkpoints;
-* ``sigterm`` and ``sigkill`` are killed during epoch 1 (once their ``last`` checkpoint of epoch 0 exists), then
-  started again with ``--resume=<run folder>``: they end with exactly the reference's test metrics and weights.
+* ``sigterm`` is killed during epoch 1 (once its ``last`` checkpoint of epoch 0 exists), ``sigkill`` within
+  an epoch (it saves ``last`` after every batch, ``checkpoint_steps: 1``, and is killed once one within epoch 1
+  or 2 exists); both are started again with ``--resume=<run folder>`` and end with exactly the reference's test
+  metrics and weights.
   SIGTERM stops a run cleanly (exit status 143, no traceback, no half-written checkpoint); after SIGKILL a
   half-written checkpoint folder is left beside ``last`` on purpose, and the resumed run removes it.
 
@@ -99,6 +101,19 @@ def _bitwise_equal(a, b):
             assert torch.equal(a[name][key], b[name][key]), f"{name}: {key}"
 
 
+def _last_meta(run):
+    """The ``last`` checkpoint's meta.json, or None (none yet, or being replaced at this instant)."""
+    try:
+        return read_meta(os.path.join(run, "last"))
+    except CKFError:
+        return None
+
+
+def _within_later_epoch(meta):
+    """A checkpoint within epoch 1 or 2 (after a completed epoch): the resumed run replays a partial epoch."""
+    return meta is not None and meta["epoch"] in range(EPOCHS - 1) and "batch" in meta
+
+
 def _leftovers(run):
     """Temporary folders of atomic checkpoint writes (``.<name>.tmp-*``, ``.<name>.old-*``) in a run folder."""
     return [e for e in os.listdir(run) if ".tmp-" in e or ".old-" in e]
@@ -108,7 +123,9 @@ def _leftovers(run):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     t0 = time.time()
-    procs = {name: _start(root / name) for name in ("reference", "again", "sigterm", "sigkill")}
+    within_epoch = {"sigkill": ["--checkpoint_steps=1"]}  # the other runs save 'last' at epoch ends only
+    procs = {name: _start(root / name, *within_epoch.get(name, []))
+             for name in ("reference", "again", "sigterm", "sigkill")}
     out = {}
     # kill each interrupted run during epoch 1: as soon as its epoch-0 'last' checkpoint exists
     pending = {"sigterm": signal.SIGTERM, "sigkill": signal.SIGKILL}
@@ -116,7 +133,8 @@ def runs(tmp_path_factory):
     while pending and time.time() - t0 < TIMEOUT:
         for name in list(pending):
             run = _run_folder(root / name)
-            if run and os.path.isfile(os.path.join(run, "last", "meta.json")):
+            meta = _last_meta(run) if run else None
+            if meta is not None and (name != "sigkill" or _within_later_epoch(meta)):
                 alive[name] = procs[name].poll() is None  # False: it ended before it could be killed
                 procs[name].send_signal(pending.pop(name))
             elif procs[name].poll() is not None:
@@ -129,14 +147,15 @@ def runs(tmp_path_factory):
         run = _run_folder(root / name)
         out[name] = {"status": status, "stderr": stderr, "run": run, "alive_when_killed": alive.get(name, False),
                      "leftovers_before_resume": _leftovers(run) if run else None,
-                     "last_epoch": read_meta(os.path.join(run, "last"))["epoch"] if run else None}
+                     "last_meta": _last_meta(run) if run else None}
         if run:
             if name == "sigkill":  # what a SIGKILL during a checkpoint write leaves beside 'last'
                 half = os.path.join(run, ".last.tmp-killed", "out")
                 os.makedirs(half)
                 with open(os.path.join(half, "adapters.pt"), "wb") as f:
                     f.write(b"PK\x03\x04 half a file")
-            resumed[name] = _start(root / name, f"--resume={run}", log="stderr-resumed.txt")
+            resumed[name] = _start(root / name, *within_epoch.get(name, []), f"--resume={run}",
+                                   log="stderr-resumed.txt")
     for name in ("reference", "again"):
         status, stderr = _finish(procs[name])
         out[name] = {"status": status, "stderr": stderr, "run": _run_folder(root / name)}
@@ -178,7 +197,7 @@ def test_sigterm_stops_the_run_cleanly(runs):
     assert lines[-1] == "error: terminated (SIGTERM)" and "Traceback" not in killed["stderr"]
     assert f"--resume={killed['run']}" in killed["stderr"]  # the run folder is logged, with how to resume
     assert _test_result(killed["stderr"]) is None  # it stopped mid-run
-    assert killed["last_epoch"] in range(EPOCHS - 1)
+    assert killed["last_meta"]["epoch"] in range(EPOCHS - 1) and "batch" not in killed["last_meta"]
     assert killed["leftovers_before_resume"] == []  # nothing half-written
 
 
@@ -194,8 +213,11 @@ def test_resume_after_sigterm_matches_the_uninterrupted_run(runs):
 def test_resume_after_sigkill_matches_the_uninterrupted_run(runs):
     killed = runs["sigkill"]
     assert killed["alive_when_killed"] and killed["status"] == -signal.SIGKILL, killed["stderr"][-3000:]
-    assert killed["last_epoch"] in range(EPOCHS - 1)
+    assert _within_later_epoch(killed["last_meta"]), killed["last_meta"]  # killed mid-epoch: resumed mid-epoch
     resumed = _completed(runs, "sigkill_resumed")
+    batch = killed["last_meta"]["batch"]
+    epoch = killed["last_meta"]["epoch"] + 1
+    assert re.search(rf"resuming from .*\(epoch {epoch}, after batch {batch} of \d+\)", runs["sigkill_resumed"]["stderr"])
     assert _same(resumed, _completed(runs, "reference"))
     _bitwise_equal(_weights(os.path.join(killed["run"], "best")),
                    _weights(os.path.join(runs["reference"]["run"], "best")))

@@ -113,8 +113,8 @@ def resume_folder(path):
         clean_stale(os.path.join(path, name))
     last = os.path.join(path, "last")
     if not os.path.isdir(last):
-        raise CKFError(f"resume: '{path}' has no 'last' checkpoint (a run saves one at the end of every epoch; "
-                       f"a run stopped before its first epoch ended must start again)")
+        raise CKFError(f"resume: '{path}' has no 'last' checkpoint (a run saves one at the end of every epoch "
+                       f"and every checkpoint_steps batches; a run stopped before its first one must start again)")
     read_meta(last)
     if not os.path.isfile(os.path.join(last, "trainer_state.pt")):
         raise CKFError(f"resume: checkpoint '{last}' is incomplete or corrupt: 'trainer_state.pt' is missing")

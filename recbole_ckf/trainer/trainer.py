@@ -10,7 +10,8 @@ backbone fusion) on the validation scores of the tested model, then scores the t
 through RecBole's evaluator.
 
 ``fit`` runs in named steps (``_start_or_resume``, ``_build_samples``, ``_optimizer``/``_restore``, then per
-epoch ``_train_epoch``, ``_validate_epoch``, ``_save_last``); the epoch's samples and batches and the curriculum
+epoch ``_train_epoch``, ``_validate_epoch``, ``_save_last``: also every ``checkpoint_steps`` batches within an
+epoch, so that ``--resume`` continues an interrupted epoch mid-way); the epoch's samples and batches and the curriculum
 and learning-rate schedules are in :mod:`recbole_ckf.trainer.schedule`, precision and CPU settings in
 :mod:`recbole_ckf.trainer.runtime`; the validation and test samples come from :mod:`recbole_ckf.data.tasks`.
 
@@ -49,13 +50,15 @@ from recbole_ckf.utils import stable_hash
 @dataclasses.dataclass
 class _Progress:
     """Where training stands: the first epoch to run, the best validation score and result so far, the
-    evaluations without improvement, the micro-steps taken."""
+    evaluations without improvement, the micro-steps taken, and (``checkpoint_steps``) how far into the first
+    epoch a resumed run already is: its batches done and running totals."""
 
     start: int = 0
     best: float = None
     best_result: dict = dataclasses.field(default_factory=dict)
     patience: int = 0
     step: int = 0
+    partial: dict = None
 
 
 class CKFTrainer(AbstractTrainer):
@@ -173,8 +176,8 @@ class CKFTrainer(AbstractTrainer):
         wrapped, optimizer, scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
         progress = _Progress() if state is None else self._restore(state, optimizer, scheduler)
         for epoch in range(progress.start, self.config["epochs"]):
-            progress.step, _ = self._train_epoch(epoch, encoded, wrapped, optimizer, scheduler, params, progress.step,
-                                                 micro_steps, show_progress)
+            self._train_epoch(epoch, encoded, wrapped, optimizer, scheduler, params, progress, micro_steps,
+                              show_progress, saved)
             self.log_memory(f"training epoch {epoch}")
             stop = self._validate_epoch(epoch, valid, progress, saved, show_progress)
             if saved and self.accelerator.is_main_process:
@@ -197,7 +200,9 @@ class CKFTrainer(AbstractTrainer):
         state = None
         if self.config["resume"]:  # checked by quick_start.check_run_inputs: the run folder has a complete last/
             state = load_checkpoint(model, self.last_path)
-            self.logger.info(f"resuming from {self.last_path} (epoch {state['epoch'] + 1})")
+            within = state.get("partial")
+            self.logger.info(f"resuming from {self.last_path} (epoch {state['epoch'] + 1}"
+                             + (f", after batch {within['batch']} of {within['batches']})" if within else ")"))
         else:
             tables = self._cf_tables(train_data, valid_data)
             model.set_cf_tables(tables.user_emb, tables.item_emb)
@@ -230,11 +235,14 @@ class CKFTrainer(AbstractTrainer):
             progress.patience += 1
         return progress.patience >= config["stopping_step"]
 
-    def _save_last(self, epoch, progress, optimizer, scheduler):
-        """The ``last`` checkpoint: the model and everything ``--resume`` needs to replay the run exactly."""
-        save_checkpoint(self.model, self.last_path, extra={"epoch": epoch}, trainer_state={
-            "epoch": epoch, "step": progress.step, "best": progress.best, "best_result": progress.best_result,
-            "patience": progress.patience, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    def _save_last(self, epoch, progress, optimizer, scheduler, partial=None):
+        """The ``last`` checkpoint: the model and everything ``--resume`` needs to replay the run exactly. ``epoch``
+        is the last epoch completed; ``partial``: the next epoch's batches done and running totals (a checkpoint
+        within an epoch, ``checkpoint_steps``)."""
+        extra = {"epoch": epoch, **({"batch": partial["batch"]} if partial else {})}
+        save_checkpoint(self.model, self.last_path, extra=extra, trainer_state={
+            "epoch": epoch, "partial": partial, "step": progress.step, "best": progress.best,
+            "best_result": progress.best_result, "patience": progress.patience, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None})
 
@@ -284,15 +292,26 @@ class CKFTrainer(AbstractTrainer):
         start = state["epoch"] + 1
         if state["patience"] >= config["stopping_step"]:  # the run had stopped early: nothing left to train
             start = config["epochs"]
-        return _Progress(start, state["best"], state["best_result"], state["patience"], state["step"])
+        return _Progress(start, state["best"], state["best_result"], state["patience"], state["step"],
+                         state.get("partial"))
 
-    def _train_epoch(self, epoch, encoded, wrapped, optimizer, scheduler, params, step, micro_steps, show_progress):
+    def _train_epoch(self, epoch, encoded, wrapped, optimizer, scheduler, params, progress, micro_steps, show_progress,
+                     saved):
         config, model, acc = self.config, self.model, self.accelerator
         model.train()
-        t0, tokens, losses, w, per_task = time.time(), 0, [], 0.0, {}
         plan = epoch_plan(config, model.tasks, encoded, epoch, acc.num_processes)
-        bar = tqdm(plan, desc=set_color(f"Train {epoch:>3}", "pink"), disable=not (show_progress and acc.is_main_process))
-        for task, idx in bar:
+        # a run resumed within this epoch skips the batches it had done (the plan is seeded) and keeps their totals
+        done = progress.partial or {"batch": 0, "seconds": 0.0, "tokens": 0, "losses": [], "per_task": {}}
+        progress.partial = None
+        t0, tokens, losses, w = time.time() - done["seconds"], done["tokens"], list(done["losses"]), 0.0
+        per_task = {t: list(v) for t, v in done["per_task"].items()}
+        every, step = config["checkpoint_steps"], progress.step
+        bar = tqdm(total=len(plan), initial=done["batch"], desc=set_color(f"Train {epoch:>3}", "pink"),
+                   disable=not (show_progress and acc.is_main_process))
+        if done["batch"] and done["batches"] != len(plan):
+            raise CKFError(f"resume: epoch {epoch} of the run had {done['batches']} batches, this config gives "
+                           f"{len(plan)}: resume with the run's own settings")
+        for n, (task, idx) in enumerate(plan[done["batch"]:], start=done["batch"] + 1):  # n: batches done
             mine = idx[acc.process_index::acc.num_processes]
             if len(mine) == 0:
                 mine = idx[:1]
@@ -329,12 +348,20 @@ class CKFTrainer(AbstractTrainer):
             del loss, passes
             release_memory()  # this step's activations, before the next step allocates its own
             per_task.setdefault(task, []).append(losses[-1])
+            bar.update()
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", tok_s=f"{tokens / (time.time() - t0):.0f}", w=f"{w:.2f}")
+            if every and saved and n % every == 0 and n < len(plan) and acc.sync_gradients:
+                progress.step = step
+                if acc.is_main_process:
+                    self._save_last(epoch - 1, progress, optimizer, scheduler, partial={
+                        "batch": n, "batches": len(plan), "seconds": time.time() - t0, "tokens": tokens,
+                        "losses": losses, "per_task": per_task})
+        bar.close()
+        progress.step = step
         self.logger.info(set_color(f"epoch {epoch} training", "green") + f" [time: {time.time() - t0:.2f}s, "
                          f"train loss: {np.mean(losses) if losses else float('nan'):.4f}, tokens/s: "
                          f"{tokens / (time.time() - t0):.0f}, slotted weight: {w:.2f}; loss per task: "
                          + ", ".join(f"{t} {np.mean(v):.3f}" for t, v in per_task.items()) + "]")
-        return step, w
 
     @property
     def _bigger(self):
