@@ -242,7 +242,8 @@ class CKFTrainer(AbstractTrainer):
         extra = {"epoch": epoch, **({"batch": partial["batch"]} if partial else {})}
         save_checkpoint(self.model, self.last_path, extra=extra, trainer_state={
             "epoch": epoch, "partial": partial, "step": progress.step, "best": progress.best,
-            "best_result": progress.best_result, "patience": progress.patience, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "best_result": progress.best_result, "patience": progress.patience, "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None})
 
@@ -306,11 +307,11 @@ class CKFTrainer(AbstractTrainer):
         t0, tokens, losses, w = time.time() - done["seconds"], done["tokens"], list(done["losses"]), 0.0
         per_task = {t: list(v) for t, v in done["per_task"].items()}
         every, step = config["checkpoint_steps"], progress.step
-        bar = tqdm(total=len(plan), initial=done["batch"], desc=set_color(f"Train {epoch:>3}", "pink"),
-                   disable=not (show_progress and acc.is_main_process))
         if done["batch"] and done["batches"] != len(plan):
             raise CKFError(f"resume: epoch {epoch} of the run had {done['batches']} batches, this config gives "
                            f"{len(plan)}: resume with the run's own settings")
+        bar = tqdm(total=len(plan), initial=done["batch"], desc=set_color(f"Train {epoch:>3}", "pink"),
+                   disable=not (show_progress and acc.is_main_process))
         for n, (task, idx) in enumerate(plan[done["batch"]:], start=done["batch"] + 1):  # n: batches done
             mine = idx[acc.process_index::acc.num_processes]
             if len(mine) == 0:
