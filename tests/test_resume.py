@@ -127,7 +127,7 @@ def runs(tmp_path_factory):
     procs = {name: _start(root / name, *within_epoch.get(name, []))
              for name in ("reference", "again", "sigterm", "sigkill")}
     out = {}
-    # kill each interrupted run during epoch 1: as soon as its epoch-0 'last' checkpoint exists
+    # sigterm: killed as soon as its epoch-0 'last' exists; sigkill: at a 'last' saved within epoch 1 or 2
     pending = {"sigterm": signal.SIGTERM, "sigkill": signal.SIGKILL}
     alive = {}
     while pending and time.time() - t0 < TIMEOUT:
