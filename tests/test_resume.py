@@ -217,7 +217,8 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(runs):
     resumed = _completed(runs, "sigkill_resumed")
     batch = killed["last_meta"]["batch"]
     epoch = killed["last_meta"]["epoch"] + 1
-    assert re.search(rf"resuming from .*\(epoch {epoch}, after batch {batch} of \d+\)", runs["sigkill_resumed"]["stderr"])
+    logged = rf"resuming from .*\(epoch {epoch}, after batch {batch} of \d+\)"
+    assert re.search(logged, runs["sigkill_resumed"]["stderr"])
     assert _same(resumed, _completed(runs, "reference"))
     _bitwise_equal(_weights(os.path.join(killed["run"], "best")),
                    _weights(os.path.join(runs["reference"]["run"], "best")))

@@ -302,10 +302,11 @@ class CKFTrainer(AbstractTrainer):
         model.train()
         plan = epoch_plan(config, model.tasks, encoded, epoch, acc.num_processes)
         # a run resumed within this epoch skips the batches it had done (the plan is seeded) and keeps their totals
-        done = progress.partial or {"batch": 0, "seconds": 0.0, "tokens": 0, "losses": [], "per_task": {}}
+        done = progress.partial or {"batch": 0, "seconds": 0.0, "tokens": 0, "losses": []}
         progress.partial = None
-        t0, tokens, losses, w = time.time() - done["seconds"], done["tokens"], list(done["losses"]), 0.0
-        per_task = {t: list(v) for t, v in done["per_task"].items()}
+        t0, tokens, losses, w, per_task = time.time() - done["seconds"], done["tokens"], list(done["losses"]), 0.0, {}
+        for (task, _), loss in zip(plan, losses):  # the done batches' losses, in plan order
+            per_task.setdefault(task, []).append(loss)
         every, step = config["checkpoint_steps"], progress.step
         if done["batch"] and done["batches"] != len(plan):
             raise CKFError(f"resume: epoch {epoch} of the run had {done['batches']} batches, this config gives "
@@ -356,7 +357,7 @@ class CKFTrainer(AbstractTrainer):
                 if acc.is_main_process:
                     self._save_last(epoch - 1, progress, optimizer, scheduler, partial={
                         "batch": n, "batches": len(plan), "seconds": time.time() - t0, "tokens": tokens,
-                        "losses": losses, "per_task": per_task})
+                        "losses": losses})
         bar.close()
         progress.step = step
         self.logger.info(set_color(f"epoch {epoch} training", "green") + f" [time: {time.time() - t0:.2f}s, "
